@@ -1,0 +1,1 @@
+"""Running, sweeping and reporting: one job, sweeps, the leaderboard and the CLI."""

@@ -1,0 +1,249 @@
+"""One job: fit with early stopping on the IID valid split, restore the best epoch, then test once
+on every test set and write the run folder (DESIGN.md): ``config.yaml``, ``result.json``,
+``predictions.csv``, and ``done`` last. No test set is read before the checkpoint is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from benchmarks.config import config_hash, run_dir_for, to_object
+from datamodules import get_dataset
+from datamodules.datamodule import MSADataModule
+from methods import get_method
+from methods.metrics import SELECTION_MODES
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a complete run."""
+
+
+class BestState(Callback):
+    """Keeps an in-memory copy of the weights at the best ``val/select`` (IID valid only)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.best: float | None = None
+        self.epoch = -1
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val/select" not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics["val/select"])
+        if np.isnan(value):
+            return
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best, self.epoch = value, int(trainer.current_epoch)
+            self.state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
+    def restore(self, pl_module: L.LightningModule) -> None:
+        if self.state is None:
+            raise RuntimeError("no validation epoch finished: nothing to select (check trainer.max_epochs)")
+        pl_module.load_state_dict(self.state)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import omegaconf
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit-learn": sklearn.__version__,
+        "omegaconf": omegaconf.__version__,
+    }
+
+
+def _prepare_dir(run_dir: Path, overwrite: bool) -> None:
+    if (run_dir / "done").exists():
+        if not overwrite:
+            raise RunExistsError(f"{run_dir} already holds a complete run; set output.overwrite=true to redo it")
+        (run_dir / "done").unlink()
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    """Loggers besides the always-on CSVLogger: ``wandb`` (offline unless WANDB_MODE says otherwise).
+
+    A W&B failure is reported and never fails the job."""
+    unknown = set(cfg.logger) - {"csv", "wandb"}
+    if unknown:
+        raise ValueError(f"logger: unknown entries {sorted(unknown)}; expected a list of csv, wandb")
+    if "wandb" not in cfg.logger:
+        return []
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+
+        return [
+            WandbLogger(
+                project=cfg.wandb.project,
+                entity=cfg.wandb.entity or None,
+                group=cfg.wandb.group or cfg.output.sweep,
+                name=run_dir.name,
+                tags=[cfg.method, cfg.dataset, f"seed={cfg.seed}"],
+                save_dir=str(run_dir),
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        ]
+    except Exception as exc:  # noqa: BLE001 - logging must never fail the job
+        log.warning("W&B logger disabled for %s: %s", run_dir, exc)
+        return []
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """End the W&B run of this job so the next job never logs into it."""
+    if not any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        return
+    try:
+        import wandb
+
+        wandb.finish()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("wandb.finish() failed: %s", exc)
+
+
+def build_datamodule(cfg: DictConfig) -> MSADataModule:
+    """The job's datamodule (dataset from the registry, restricted to ``data.modalities``)."""
+    bundle = get_dataset(cfg.dataset).load(to_object(cfg.source))
+    return MSADataModule(
+        bundle,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        seed=cfg.seed,
+        modalities=list(cfg.data.modalities) if cfg.data.modalities else None,
+        manifests=list(cfg.data.manifests),
+        allow_source_mismatch=cfg.data.allow_source_mismatch,
+    )
+
+
+def run_job(cfg: DictConfig) -> Path:
+    """Run one resolved job config and return its run folder."""
+    start = time.time()
+    run_dir = run_dir_for(cfg)
+    _prepare_dir(run_dir, cfg.output.overwrite)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if cfg.trainer.threads > 0:
+        torch.set_num_threads(cfg.trainer.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
+
+    dm = build_datamodule(cfg)
+    method = get_method(cfg.method)(dm.spec, to_object(cfg.model))
+    method.configure_selection(cfg.selection.key)
+    mode = SELECTION_MODES[cfg.selection.key]
+    best = BestState(mode)
+    callbacks: list[Callback] = [
+        EarlyStopping("val/select", patience=cfg.trainer.patience, min_delta=cfg.trainer.min_delta, mode=mode),
+        best,
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    loggers = [CSVLogger(str(run_dir), name="logs", version=""), *_extra_loggers(cfg, run_dir)]
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        min_epochs=cfg.trainer.min_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        accumulate_grad_batches=method.cfg.optim.accumulate,
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        callbacks=callbacks,
+        logger=loggers,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        log_every_n_steps=10,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*deterministic.*")
+            trainer.fit(method, datamodule=dm)
+            best.restore(method)
+            trainer.test(method, datamodule=dm, verbose=False)
+    finally:
+        _finish_wandb(loggers)
+
+    rows = []
+    for name in dm.test_set_names:
+        out = method.test_outputs[name]
+        ids = dm.ids_of(name)[out["index"]]
+        rows.append(pd.DataFrame({"set": name, "id": ids, "prediction": out["prediction"], "label": out["label"]}))
+    predictions = pd.concat(rows, ignore_index=True)
+    tmp = run_dir / "predictions.csv.tmp"
+    predictions.to_csv(tmp, index=False)
+    os.replace(tmp, run_dir / "predictions.csv")
+    selected = next((h for h in method.valid_history if h["epoch"] == best.epoch), {})
+    result = {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "seed": int(cfg.seed),
+        "sweep": cfg.output.sweep,
+        "config_hash": config_hash(cfg),
+        "selected_epoch": best.epoch,
+        "epochs_trained": int(trainer.current_epoch),
+        "selection": {"key": cfg.selection.key, "split": "valid", "value": best.best},
+        "valid_at_selected_epoch": selected,
+        "test_sets": dm.test_set_names,
+        "metrics": {name: method.test_metrics[name] for name in dm.test_set_names},
+        "n_samples": {name: int(len(method.test_outputs[name]["index"])) for name in dm.test_set_names},
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    _write_json(run_dir / "result.json", result)
+    (run_dir / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    return run_dir

@@ -1,0 +1,174 @@
+"""MSADataModule: train, IID valid and named test sets (IID ``test`` plus OOD sets) as Batches.
+
+All tensors are held in memory and a batch is gathered by one index operation per array (no
+per-sample Python collate loop). Shuffling uses a seeded ``torch.Generator``, so the batch order
+of a run is a function of its seed. OOD test sets come from the dataset itself (the synthetic
+generator's ground-truth sets) and from split manifests (id lists over the standard test split).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from datamodules.schema import Batch, DataError, DatasetBundle, FeatureSpec, SplitData
+
+log = logging.getLogger(__name__)
+
+_TENSOR_KEYS = {
+    "label": torch.float32,
+    "text": torch.float32,
+    "text_ids": torch.long,
+    "text_lengths": torch.long,
+    "audio": torch.float32,
+    "audio_lengths": torch.long,
+    "vision": torch.float32,
+    "vision_lengths": torch.long,
+}
+
+
+class TensorSplit(Dataset):
+    """A split as tensors; ``split[list_of_indices]`` returns a whole Batch."""
+
+    def __init__(self, split: SplitData) -> None:
+        self.ids = split.ids
+        self.tensors = {
+            key: torch.as_tensor(np.ascontiguousarray(getattr(split, key)), dtype=dtype)
+            for key, dtype in _TENSOR_KEYS.items()
+            if getattr(split, key) is not None
+        }
+
+    def __len__(self) -> int:
+        return int(self.tensors["label"].shape[0])
+
+    def __getitem__(self, index: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Batch(index=idx, **{key: value[idx] for key, value in self.tensors.items()})
+
+
+def load_manifest(path: str | Path, test: SplitData, source_sha256: str | None, *, allow_mismatch: bool) -> tuple[
+    str, np.ndarray
+]:
+    """Read a split manifest and return (set name, row indices into the test split).
+
+    Unknown or duplicate ids are errors; a ``source_sha256`` differing from the dataset's is an
+    error unless ``allow_mismatch`` (then a warning, and every id must still resolve).
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read split manifest ({exc})") from exc
+    for key in ("name", "ids"):
+        if key not in manifest:
+            raise DataError(f"{path}: manifest has no key {key!r}")
+    want, have = manifest.get("source_sha256"), source_sha256
+    if want and have and want != have:
+        msg = f"{path}: source_sha256 {want[:12]}... differs from the loaded data's {have[:12]}..."
+        if not allow_mismatch:
+            raise DataError(msg + " (set data.allow_source_mismatch=true to use it anyway)")
+        log.warning(msg)
+    ids = list(manifest["ids"])
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path}: key 'ids' has {len(ids) - len(set(ids))} duplicate ids")
+    position = {sample_id: i for i, sample_id in enumerate(test.ids.tolist())}
+    unknown = [i for i in ids if i not in position]
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} ids are not in the test split, e.g. {unknown[:3]}")
+    return str(manifest["name"]), np.array([position[i] for i in ids], dtype=np.int64)
+
+
+class MSADataModule(L.LightningDataModule):
+    """Batches for one dataset bundle.
+
+    ``modalities`` restricts the modalities used (an ablation such as text-only); ``manifests``
+    are split-manifest paths whose ids sub-select the standard test split as extra named sets.
+    """
+
+    def __init__(
+        self,
+        bundle: DatasetBundle,
+        *,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+        modalities: Sequence[str] | None = None,
+        manifests: Sequence[str | Path] = (),
+        allow_source_mismatch: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        keep = tuple(modalities) if modalities else bundle.train.modalities
+
+        def restrict(split: SplitData) -> SplitData:
+            return split.drop_modalities(keep)
+
+        self.train_split, self.valid_split = restrict(bundle.train), restrict(bundle.valid)
+        tests: dict[str, SplitData] = {"test": restrict(bundle.test)}
+        for name, split in bundle.extra_tests.items():
+            tests[name] = restrict(split)
+        for path in manifests:
+            name, rows = load_manifest(path, bundle.test, bundle.source_sha256, allow_mismatch=allow_source_mismatch)
+            if name in tests:
+                raise DataError(f"{path}: test set name {name!r} is already taken by another set")
+            tests[name] = tests["test"].subset(rows)
+        self.test_splits = tests
+        self.dataset_name = bundle.name
+        self._tensors: dict[str, TensorSplit] = {}
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.from_split(self.train_split)
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return list(self.test_splits)
+
+    @property
+    def train_label_mean(self) -> float:
+        return float(np.mean(self.train_split.label, dtype=np.float64))
+
+    def ids_of(self, set_name: str) -> np.ndarray:
+        """Sample ids of a named set ('train', 'valid' or a test set)."""
+        return self._split(set_name).ids
+
+    def _split(self, name: str) -> SplitData:
+        if name == "train":
+            return self.train_split
+        if name == "valid":
+            return self.valid_split
+        if name not in self.test_splits:
+            raise KeyError(f"unknown set {name!r}; available: train, valid, {', '.join(self.test_splits)}")
+        return self.test_splits[name]
+
+    def _tensor_split(self, name: str) -> TensorSplit:
+        if name not in self._tensors:
+            self._tensors[name] = TensorSplit(self._split(name))
+        return self._tensors[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        data = self._tensor_split(name)
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = BatchSampler(RandomSampler(data, generator=generator), self.batch_size, drop_last=False)
+        else:
+            sampler = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+        return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(name, shuffle=False) for name in self.test_splits]

@@ -1,0 +1,24 @@
+"""The method registry: name -> MSAMethod subclass (order = leaderboard row order).
+
+Adding a method touches its module, one line here, and one README row.
+"""
+
+from __future__ import annotations
+
+from methods.base import MethodConfig, MSAMethod
+from methods.baseline import Baseline
+
+METHODS: dict[str, type[MSAMethod]] = {
+    "baseline": Baseline,
+}
+
+
+def get_method(name: str) -> type[MSAMethod]:
+    """The registered class for ``name``, with the list of valid names on a typo."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(METHODS)}") from None
+
+
+__all__ = ["METHODS", "MSAMethod", "MethodConfig", "get_method"]

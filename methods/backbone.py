@@ -1,0 +1,244 @@
+"""The shared LF-TF backbone (METHODS.md §2): per-modality late encoders + a small transformer fusion.
+
+Methods differ only in what they add on top of these pieces, so every method is built from the
+same encoders (`build_encoder`), per-modality heads and `Fusion`. Dims come from the data's
+`FeatureSpec` (or the pretrained encoder's config), never from constants. Any non-empty subset of
+{text, audio, vision} works, and sequences of length 1 (utterance-level features) too.
+
+Modules carry an ``optim_group`` attribute naming their optimiser parameter group (learning rate
+and weight decay per group, METHODS.md §2); `methods.base` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from datamodules.schema import Batch, FeatureSpec
+
+OPTIM_GROUPS = ("text_encoder", "audio_lstm", "vision_lstm", "modality", "head")
+
+
+@dataclass
+class TextConfig:
+    """Text encoder. ``mode``: ``features`` (precomputed token features), ``finetune`` (a local
+    transformers encoder on token ids), ``auto`` (features when the data has them, else finetune)."""
+
+    mode: str = "auto"
+    pool: str = "mean"
+    encoder: str = ""
+    dropout: float = 0.0
+
+
+@dataclass
+class SequenceConfig:
+    """An LSTM encoder for audio or vision frames."""
+
+    hidden: int = 16
+    dropout: float = 0.0
+
+
+@dataclass
+class FusionConfig:
+    layers: int = 2
+    heads: int = 4
+    ff: int = 2048
+    dropout: float = 0.1
+    post_dim: int = 128
+    output_dropout: float = 0.1
+
+
+@dataclass
+class BackboneConfig:
+    """LF-TF hyper-parameters; defaults are METHODS.md §2 (MOSEI dropouts; the MOSI preset sets 0.3)."""
+
+    dim: int = 32
+    text: TextConfig = field(default_factory=TextConfig)
+    audio: SequenceConfig = field(default_factory=lambda: SequenceConfig(hidden=16))
+    vision: SequenceConfig = field(default_factory=lambda: SequenceConfig(hidden=32))
+    lstm_dropout: float = 0.0
+    modality_head: bool = True
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` (B, L, d) over positions where ``mask`` (B, L) is true; all-false rows give 0."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _tag(module: nn.Module, group: str) -> nn.Module:
+    if group not in OPTIM_GROUPS:
+        raise ValueError(f"unknown optimiser group {group!r}; expected one of {OPTIM_GROUPS}")
+    module.optim_group = group
+    return module
+
+
+def resolve_text_mode(spec: FeatureSpec, cfg: TextConfig) -> str:
+    """``features`` or ``finetune`` for this data, with a clear error when the inputs are missing."""
+    mode = cfg.mode
+    if mode == "auto":
+        mode = "features" if spec.text_input == "features" else "finetune"
+    if mode not in ("features", "finetune"):
+        raise ValueError(f"backbone.text.mode must be auto, features or finetune, got {cfg.mode!r}")
+    if mode == "features" and spec.text_input != "features":
+        raise ValueError("backbone.text.mode=features but the data has no precomputed text features ('text')")
+    if mode == "finetune" and not cfg.encoder:
+        raise ValueError(
+            "backbone.text.mode=finetune needs backbone.text.encoder = a local transformers model directory"
+        )
+    return mode
+
+
+class TextFeatureEncoder(nn.Module):
+    """Precomputed token features (B, L_t, d_t) -> pooled -> Dropout -> Linear(d_t -> dim) -> ReLU."""
+
+    def __init__(self, d_in: int, dim: int, cfg: TextConfig) -> None:
+        super().__init__()
+        if cfg.pool not in ("mean", "first", "lstm"):
+            raise ValueError(f"backbone.text.pool must be mean, first or lstm for features, got {cfg.pool!r}")
+        self.pool = cfg.pool
+        if self.pool == "lstm":
+            self.rnn = _tag(nn.LSTM(d_in, dim, batch_first=True), "modality")
+            self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(dim, dim), nn.ReLU())
+        else:
+            self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d_in, dim), nn.ReLU())
+
+    def forward(self, batch: Batch) -> Tensor:
+        mask = batch.text_mask()
+        if self.pool == "mean":
+            pooled = masked_mean(batch.text, mask)
+        elif self.pool == "first":
+            pooled = batch.text[:, 0]
+        else:
+            pooled = _last_hidden(self.rnn, batch.text, mask.sum(1))
+        return self.proj(pooled)
+
+
+class TextFinetuneEncoder(nn.Module):
+    """A transformers encoder loaded from a local directory (no network), fine-tuned on token ids.
+
+    [CLS] state (``pool=cls``) or masked mean (``pool=mean``) -> Dropout -> Linear(hidden -> dim) -> ReLU.
+    """
+
+    def __init__(self, dim: int, cfg: TextConfig) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        path = Path(cfg.encoder).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"backbone.text.encoder={cfg.encoder!r}: expected a local transformers model directory "
+                "with config.json and weights"
+            )
+        self.pool = "cls" if cfg.pool in ("cls", "first") else cfg.pool
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"backbone.text.pool must be cls or mean for finetune, got {cfg.pool!r}")
+        self.encoder = _tag(AutoModel.from_pretrained(str(path), local_files_only=True), "text_encoder")
+        hidden = int(self.encoder.config.hidden_size)
+        self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(hidden, dim), nn.ReLU())
+
+    def forward(self, batch: Batch) -> Tensor:
+        ids = batch.text_ids
+        states = self.encoder(input_ids=ids[:, 0], attention_mask=ids[:, 1], token_type_ids=ids[:, 2])
+        hidden = states.last_hidden_state
+        pooled = hidden[:, 0] if self.pool == "cls" else masked_mean(hidden, ids[:, 1] > 0)
+        return self.proj(pooled)
+
+
+def _last_hidden(rnn: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
+    """Final hidden state of a 1-layer LSTM over the valid steps only (packed, unsorted)."""
+    packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
+    _, (h_n, _) = rnn(packed)
+    return h_n[-1]
+
+
+class SequenceEncoder(nn.Module):
+    """Audio / vision frames: LSTM(d -> hidden) packed by lengths; final hidden -> Dropout(p_lstm)
+    -> Linear(hidden -> hidden) -> Dropout(p) -> Linear(hidden -> dim) -> ReLU."""
+
+    def __init__(self, modality: str, d_in: int, dim: int, cfg: SequenceConfig, lstm_dropout: float) -> None:
+        super().__init__()
+        self.modality = modality
+        self.rnn = _tag(nn.LSTM(d_in, cfg.hidden, batch_first=True), f"{modality}_lstm")
+        self.proj = nn.Sequential(
+            nn.Dropout(lstm_dropout),
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, dim),
+            nn.ReLU(),
+        )
+
+    def forward(self, batch: Batch) -> Tensor:
+        x = getattr(batch, self.modality)
+        lengths = getattr(batch, f"{self.modality}_lengths")
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        return self.proj(_last_hidden(self.rnn, x, lengths))
+
+
+def build_encoder(modality: str, spec: FeatureSpec, cfg: BackboneConfig) -> nn.Module:
+    """The §2 encoder of one modality, mapping a Batch to (B, cfg.dim)."""
+    if modality not in spec.modalities:
+        raise ValueError(f"modality {modality!r} is not in the data (has {spec.modalities})")
+    if modality == "text":
+        if resolve_text_mode(spec, cfg.text) == "features":
+            return _tag(TextFeatureEncoder(spec.dims["text"], cfg.dim, cfg.text), "modality")
+        return _tag(TextFinetuneEncoder(cfg.dim, cfg.text), "modality")
+    seq_cfg = cfg.audio if modality == "audio" else cfg.vision
+    return _tag(SequenceEncoder(modality, spec.dims[modality], cfg.dim, seq_cfg, cfg.lstm_dropout), "modality")
+
+
+def modality_head(cfg: BackboneConfig, d_in: int | None = None) -> nn.Module:
+    """Per-modality head Linear(d_in -> dim) -> ReLU (identity when disabled and d_in == dim)."""
+    d_in = d_in or cfg.dim
+    if not cfg.modality_head and d_in == cfg.dim:
+        return nn.Identity()
+    return _tag(nn.Sequential(nn.Linear(d_in, cfg.dim), nn.ReLU()), "modality")
+
+
+class Fusion(nn.Module):
+    """Modality vectors as a sequence (t, a, v order) -> TransformerEncoder (post-norm, no positional
+    encoding) -> flatten -> Linear -> Dropout -> ReLU -> Linear -> (B,)."""
+
+    def __init__(self, n_modalities: int, cfg: BackboneConfig) -> None:
+        super().__init__()
+        f = cfg.fusion
+        layer = nn.TransformerEncoderLayer(
+            d_model=cfg.dim, nhead=f.heads, dim_feedforward=f.ff, dropout=f.dropout, batch_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, num_layers=f.layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(
+            nn.Linear(n_modalities * cfg.dim, f.post_dim),
+            nn.Dropout(f.output_dropout),
+            nn.ReLU(),
+            nn.Linear(f.post_dim, 1),
+        )
+        _tag(self, "head")
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        tokens = torch.stack(features, dim=1)
+        return self.out(self.transformer(tokens).flatten(1)).squeeze(-1)
+
+
+class LFTFBackbone(nn.Module):
+    """Encoders -> per-modality heads -> Fusion: the baseline model and every method's starting point."""
+
+    def __init__(self, spec: FeatureSpec, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.modalities = spec.modalities
+        self.encoders = nn.ModuleDict({m: build_encoder(m, spec, cfg) for m in self.modalities})
+        self.heads = nn.ModuleDict({m: modality_head(cfg) for m in self.modalities})
+        self.fusion = Fusion(len(self.modalities), cfg)
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-modality encoder outputs h_m (B, dim)."""
+        return {m: self.encoders[m](batch) for m in self.modalities}
+
+    def forward(self, batch: Batch) -> Tensor:
+        h = self.encode(batch)
+        return self.fusion([self.heads[m](h[m]) for m in self.modalities])

@@ -1,0 +1,179 @@
+"""MSAMethod: what every method shares, written once.
+
+A method subclasses `MSAMethod`, sets ``config_class`` (its hyper-parameter dataclass), builds its
+modules in ``__init__(dims, cfg)``, implements ``training_step`` (its loss, with diagnostics
+logged) and ``predict(batch) -> (B,)``. Optionally ``predict_heads`` returns extra heads whose
+valid MAE is logged every epoch. This base class owns the optimiser (parameter groups with
+per-group learning rates and weight decays), validation metrics on the IID valid split (the
+only split used for selection), evaluation on every named test set, and prediction capture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from datamodules.schema import Batch, FeatureSpec
+from methods.backbone import OPTIM_GROUPS, BackboneConfig
+from methods.metrics import SELECTION_MODES, msa_metrics, selection_value
+
+
+@dataclass
+class OptimConfig:
+    """Adam with one parameter group per kind of parameter (METHODS.md §2)."""
+
+    lr: dict[str, float] = field(
+        default_factory=lambda: {
+            "text_encoder": 5e-5,
+            "audio_lstm": 5e-3,
+            "vision_lstm": 1e-4,
+            "modality": 1e-3,
+            "head": 1e-3,
+        }
+    )
+    weight_decay: dict[str, float] = field(
+        default_factory=lambda: {
+            "text_encoder": 1e-3,
+            "audio_lstm": 0.0,
+            "vision_lstm": 0.0,
+            "modality": 0.01,
+            "head": 0.0,
+        }
+    )
+    accumulate: int = 2
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; a method's own dataclass subclasses this and adds its knobs."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or ".norm" in name
+
+
+class MSAMethod(L.LightningModule):
+    """Base LightningModule of every method; see the module docstring for the contract."""
+
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, dims: FeatureSpec, cfg: MethodConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
+        self.spec = dims
+        self.cfg = cfg
+        self.selection_key = "mae"
+        self.train_label_mean = 0.0
+        self.test_set_names: list[str] = []
+        self.valid_history: list[dict[str, Any]] = []
+        self.test_metrics: dict[str, dict[str, float]] = {}
+        self.test_outputs: dict[str, dict[str, np.ndarray]] = {}
+        self._valid_buffer: list[tuple[Tensor, Tensor, dict[str, Tensor]]] = []
+        self._test_buffer: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
+
+    def predict(self, batch: Batch) -> Tensor:
+        """The method's sentiment score per sample, (B,), as used for evaluation."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict(batch)")
+
+    def predict_heads(self, batch: Batch) -> dict[str, Tensor]:
+        """Extra heads to monitor on valid (name -> (B,) predictions); none by default."""
+        return {}
+
+    def configure_selection(self, key: str) -> None:
+        """Set the selection key (``mae`` or ``acc2_mean``) read by validation logging."""
+        if key not in SELECTION_MODES:
+            raise ValueError(f"selection.key must be one of {sorted(SELECTION_MODES)}, got {key!r}")
+        self.selection_key = key
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "train_label_mean"):
+            self.train_label_mean = float(dm.train_label_mean)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+        tagged = {name: module.optim_group for name, module in self.named_modules() if hasattr(module, "optim_group")}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            owner = max((m for m in tagged if name.startswith(m + ".") or m == ""), key=len, default=None)
+            group = tagged[owner] if owner is not None else "head"
+            decay = not (group == "text_encoder" and _no_decay(name))
+            groups.setdefault((group, decay), []).append(param)
+        lr, wd = self.cfg.optim.lr, self.cfg.optim.weight_decay
+        for key in OPTIM_GROUPS:
+            if key not in lr or key not in wd:
+                raise ValueError(f"optim.lr and optim.weight_decay need an entry for group {key!r}")
+        param_groups = [
+            {"params": params, "lr": lr[group], "weight_decay": wd[group] if decay else 0.0, "name": group}
+            for (group, decay), params in groups.items()
+        ]
+        return torch.optim.Adam(param_groups)
+
+    def log_diagnostics(self, values: dict[str, Tensor | float], *, prefix: str = "train/", **kwargs: Any) -> None:
+        """Log a dict of scalars (detached) under ``prefix``; per step in training, per epoch otherwise."""
+        on_step = kwargs.pop("on_step", self.training)
+        for key, value in values.items():
+            value = value.detach() if isinstance(value, Tensor) else value
+            self.log(prefix + key, value, on_step=on_step, on_epoch=not on_step, batch_size=kwargs.get("batch_size"))
+
+    def on_validation_epoch_start(self) -> None:
+        self._valid_buffer = []
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        heads = {k: v.detach().float().cpu() for k, v in self.predict_heads(batch).items()}
+        self._valid_buffer.append((self.predict(batch).detach().float().cpu(), batch.label.cpu(), heads))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._valid_buffer:
+            return
+        pred = torch.cat([p for p, _, _ in self._valid_buffer]).double().numpy()
+        label = torch.cat([y for _, y, _ in self._valid_buffer]).double().numpy()
+        metrics = msa_metrics(pred, label, decimals=None)
+        logged = {
+            "val/MAE": metrics["MAE"],
+            "val/Has0_acc_2": metrics["Has0_acc_2"],
+            "val/Non0_acc_2": metrics["Non0_acc_2"],
+            "val/acc2_mean": selection_value(metrics, "acc2_mean"),
+            "val/Corr": metrics["Corr"],
+            "val/select": selection_value(metrics, self.selection_key),
+        }
+        for head in self._valid_buffer[0][2]:
+            head_pred = torch.cat([h[head] for _, _, h in self._valid_buffer]).double().numpy()
+            logged[f"val/{head}_MAE"] = float(np.mean(np.abs(head_pred - label)))
+        self.log_dict(logged, on_step=False, on_epoch=True)
+        self.valid_history.append({"epoch": int(self.current_epoch), **{k[4:]: v for k, v in logged.items()}})
+        self._valid_buffer = []
+
+    def on_test_epoch_start(self) -> None:
+        self._test_buffer = {}
+        dm = getattr(self.trainer, "datamodule", None)
+        self.test_set_names = list(getattr(dm, "test_set_names", []))
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        entry = (batch.index.cpu(), self.predict(batch).detach().double().cpu(), batch.label.double().cpu())
+        self._test_buffer.setdefault(dataloader_idx, []).append(entry)
+
+    def on_test_epoch_end(self) -> None:
+        for idx, parts in sorted(self._test_buffer.items()):
+            name = self.test_set_names[idx] if idx < len(self.test_set_names) else f"set{idx}"
+            index = torch.cat([i for i, _, _ in parts]).numpy()
+            pred = torch.cat([p for _, p, _ in parts]).numpy()
+            label = torch.cat([y for _, _, y in parts]).numpy()
+            self.test_outputs[name] = {"index": index, "prediction": pred, "label": label}
+            self.test_metrics[name] = msa_metrics(pred, label, decimals=4)
+        self._test_buffer = {}
+
+    def hparams_dict(self) -> dict[str, Any]:
+        """The method's hyper-parameters as a plain dict (for logging)."""
+        return dataclasses.asdict(self.cfg)

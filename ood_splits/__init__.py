@@ -1,0 +1,1 @@
+"""OOD split builder: vocabularies, simulated annealing and manifests over a dataset's test split."""

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny synthetic data so every test runs in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from datamodules.synthetic import SyntheticConfig  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("MSABENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def tiny_synthetic(**overrides) -> SyntheticConfig:
+    """A small, fast synthetic config (same generative story, fewer and shorter samples)."""
+    cfg = SyntheticConfig(
+        n_train=192,
+        n_valid=64,
+        n_test=96,
+        n_ood=64,
+        dims={"text": 16, "audio": 5, "vision": 7},
+        max_len={"text": 12, "audio": 9, "vision": 8},
+        min_len={"text": 4, "audio": 2, "vision": 1},
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg() -> SyntheticConfig:
+    return tiny_synthetic()
+
+
+TINY_JOB = [
+    "synthetic.n_train=192",
+    "synthetic.n_valid=64",
+    "synthetic.n_test=96",
+    "synthetic.n_ood=64",
+    "synthetic.dims.text=16",
+    "synthetic.dims.vision=7",
+    "synthetic.max_len.text=12",
+    "synthetic.max_len.audio=9",
+    "synthetic.max_len.vision=8",
+    "synthetic.min_len.audio=2",
+    "synthetic.min_len.vision=1",
+    "trainer.max_epochs=3",
+    "trainer.progress_bar=false",
+    "model.backbone.fusion.ff=64",
+]

@@ -1,0 +1,112 @@
+"""Every registered method passes the same smoke test (DomainBed style), plus backbone contracts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from datamodules.datamodule import MSADataModule
+from datamodules.schema import Batch, FeatureSpec
+from datamodules.synthetic import generate
+from methods import METHODS
+from methods.backbone import BackboneConfig, FusionConfig, LFTFBackbone
+from tests.conftest import tiny_synthetic
+
+SMALL_FUSION = FusionConfig(ff=64)
+VARIANTS = {
+    "tav": {},
+    "text_only": {"modalities": ["text"]},
+    "text_audio": {"modalities": ["text", "audio"]},
+    "length_1": {"max_len": {"text": 3, "audio": 1, "vision": 1}, "min_len": {"text": 3, "audio": 1, "vision": 1}},
+}
+
+
+def _small_cfg(method_cls):
+    cfg = method_cls.config_class()
+    cfg.backbone.fusion = dataclasses.replace(SMALL_FUSION)
+    return cfg
+
+
+def _fit(method, dm, epochs=2):
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, accumulate_grad_batches=method.cfg.optim.accumulate,
+    )
+    trainer.fit(method, datamodule=dm)
+    trainer.test(method, datamodule=dm, verbose=False)
+    return trainer
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("name", list(METHODS))
+def test_registry_smoke(name, variant):
+    torch.manual_seed(0)
+    bundle = generate(tiny_synthetic(**VARIANTS[variant]))
+    dm = MSADataModule(bundle, batch_size=32, seed=0)
+    method = METHODS[name](dm.spec, _small_cfg(METHODS[name]))
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    _fit(method, dm)
+    changed = [k for k, v in method.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    assert changed, "training changed no parameter"
+    assert method.valid_history and np.isfinite(method.valid_history[-1]["MAE"])
+    assert set(method.test_metrics) == set(dm.test_set_names)
+    for set_name, out in method.test_outputs.items():
+        assert out["prediction"].shape == (len(dm.test_splits[set_name]),)
+        assert np.all(np.isfinite(out["prediction"]))
+    batch = next(iter(dm.val_dataloader()))
+    method.eval()
+    with torch.no_grad():
+        p1, p2 = method.predict(batch), method.predict(batch)
+    assert p1.shape == (len(batch),) and torch.equal(p1, p2), "evaluation is deterministic"
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_parameter_is_in_an_optimiser_group(name):
+    bundle = generate(tiny_synthetic())
+    method = METHODS[name](FeatureSpec.from_split(bundle.train), _small_cfg(METHODS[name]))
+    opt = method.configure_optimizers()
+    in_groups = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_groups == {id(p) for p in method.parameters() if p.requires_grad}
+    names = {g["name"] for g in opt.param_groups}
+    assert {"audio_lstm", "vision_lstm", "modality", "head"} <= names
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["audio_lstm"] == 5e-3 and lrs["vision_lstm"] == 1e-4
+
+
+def test_backbone_ignores_padding():
+    bundle = generate(tiny_synthetic())
+    spec = FeatureSpec.from_split(bundle.train)
+    model = LFTFBackbone(spec, BackboneConfig(fusion=SMALL_FUSION)).eval()
+    batch = Batch.from_split(bundle.train, np.arange(8))
+    noisy = dataclasses.replace(batch, audio=batch.audio.clone(), vision=batch.vision.clone(), text=batch.text.clone())
+    for m in ("audio", "vision", "text"):
+        x, lengths = getattr(noisy, m), getattr(noisy, f"{m}_lengths")
+        pad = torch.arange(x.shape[1])[None, :] >= lengths[:, None]
+        x[pad] = 100.0
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model(noisy))
+
+
+def test_backbone_finetune_text_encoder_from_local_dir(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=300, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path)
+    bundle = generate(tiny_synthetic())
+    split = dataclasses.replace(bundle.train, text=None)
+    spec = FeatureSpec.from_split(split)
+    assert spec.text_input == "ids"
+    cfg = BackboneConfig(fusion=SMALL_FUSION)
+    cfg.text.encoder = str(tmp_path)
+    model = LFTFBackbone(spec, cfg)
+    out = model(Batch.from_split(split, np.arange(4)))
+    assert out.shape == (4,)
+    out.sum().backward()
+    assert model.encoders["text"].encoder.embeddings.word_embeddings.weight.grad is not None
+    cfg.text.encoder = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="local transformers model directory"):
+        LFTFBackbone(spec, cfg)
