@@ -45,6 +45,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.config import build_config, load_yaml, run_dir_for
     from benchmarks.run import RunExistsError, run_job
 
+    _quiet_lightning(args.verbose)
+
     base = load_yaml(args.config) if args.config else None
     cfg = build_config(args.overrides, base)
     if args.show_config:
@@ -124,6 +126,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_lightning(verbose: bool) -> None:
+    """Lightning sets its loggers to INFO when imported; keep its banner lines out unless -v."""
+    if verbose:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msabench",
@@ -170,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not args.verbose:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
     try:
         return int(args.func(args))
     except (ValueError, KeyError, FileNotFoundError) as exc:
