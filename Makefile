@@ -3,11 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-SEEDS ?= 1111 1112 1113
-BENCH_DIR ?= runs/bench
+BENCH_ROOT ?= runs
 export WANDB_MODE ?= offline
 
-.PHONY: install bench test test-all lint clean help
+.PHONY: install bench check test test-all lint clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -16,16 +15,16 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
-install: $(PY)  ## create .venv, install the CPU torch build, then the project with its dev extras
+install: $(PY)  ## create .venv, install the CPU torch build, then the project (dev + offline text encoder extras)
 	$(PY) -m pip install "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,encoder]"
 
-bench:  ## the main job: baseline x synthetic benchmark x 3 seeds, then the leaderboard
-	@for seed in $(SEEDS); do \
-		$(BIN)/msabench run --skip-existing method=baseline dataset=synthetic seed=$$seed \
-			output.root=$(dir $(BENCH_DIR)) output.sweep=$(notdir $(BENCH_DIR)) || exit 1; \
-	done
-	$(BIN)/msabench leaderboard $(BENCH_DIR)
+bench:  ## the main job: every method x synthetic benchmark x 3 seeds (local pool), then the leaderboard
+	$(BIN)/msabench sweep launch default root=$(BENCH_ROOT)
+	$(BIN)/msabench leaderboard $(BENCH_ROOT)/default
+
+check:  ## CI regression check of OOD accuracy against benchmarks/reference/ci.csv
+	$(BIN)/msabench check
 
 test:  ## fast tests (the README's test command; what CI runs)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not slow" -q

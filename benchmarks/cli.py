@@ -4,6 +4,10 @@ msabench run method=baseline dataset=synthetic seed=1111 [key=value ...]
 msabench run --show-config method=baseline          # print the resolved config and exit
 msabench leaderboard runs/manual [--out DIR] [--recompute]
 msabench prepare synthetic --out data/synthetic_unaligned.pkl [synthetic.bias=0.8 ...]
+msabench prepare encode mosi_text|mosei_text [mosei_text.batch_size=128 ...]   # offline text encoding cache
+msabench prepare cache mosi|mosei [mosei.path=/data/MOSEI/unaligned_50.pkl ...]  # MMSA mmap cache
+msabench splits build dataset=mosi_text [--modality text audio vision tav] [split.seed=0 ...] [--report]
+msabench splits report ood_splits/manifests/mosi_utt/*.json      # sanity reports in mosi_utt/reports/
 msabench list                                        # registered methods and datasets
 """
 
@@ -75,7 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmarks.leaderboard import build_leaderboard, find_runs, write_leaderboard
+    from benchmarks.leaderboard import build_leaderboard, find_runs, log_to_wandb, write_leaderboard
     from methods import METHODS
 
     root = Path(args.root)
@@ -87,20 +91,59 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
         print(f"msabench leaderboard: no complete run folder (with 'done') under {root}", file=sys.stderr)
         return 1
     df = build_leaderboard(root, recompute=args.recompute, order=list(METHODS))
-    csv_path, md_path = write_leaderboard(df, Path(args.out) if args.out else root)
+    csv_path, md_path, png_path = write_leaderboard(df, Path(args.out) if args.out else root)
     print(md_path.read_text())
-    print(f"{len(complete)} complete runs, {len(incomplete)} incomplete (ignored); wrote {csv_path} and {md_path}")
+    print(
+        f"{len(complete)} complete runs, {len(incomplete)} incomplete (ignored); "
+        f"wrote {csv_path}, {md_path} and {png_path}"
+    )
+    if args.wandb:
+        logged = log_to_wandb(df, project=args.wandb_project, name=f"leaderboard-{root.resolve().name}", plot=png_path)
+        print("W&B: leaderboard table logged" if logged else "W&B: not logged (see the warning above); files written")
     return 0
+
+
+PREPARE_TARGETS = {"encode": ("mosi_text", "mosei_text"), "cache": ("mosi", "mosei", "mmsa")}
+
+
+def _dataset_config(name: str, overrides: list[str]) -> object:
+    """The registered dataset's config dataclass with ``<name>.field=value`` (or ``field=value``) overrides."""
+    from omegaconf import OmegaConf
+
+    from datamodules import get_dataset
+
+    items = [o.removeprefix(f"{name}.") for o in overrides]
+    cfg = OmegaConf.merge(OmegaConf.structured(get_dataset(name).config_class), OmegaConf.from_dotlist(items))
+    return OmegaConf.to_object(cfg)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
+    from datamodules import get_dataset
     from datamodules.mmsa import write_mmsa_pickle
     from datamodules.synthetic import SyntheticConfig, generate
 
+    if args.what in PREPARE_TARGETS:
+        choices = PREPARE_TARGETS[args.what]
+        if not args.overrides or args.overrides[0] not in choices:
+            print(f"msabench prepare {args.what}: name the dataset first, one of {', '.join(choices)}", file=sys.stderr)
+            return 2
+        name, overrides = args.overrides[0], args.overrides[1:]
+        cfg = _dataset_config(name, overrides)
+        if args.what == "cache":
+            cfg.cache = True
+        start = time.time()
+        bundle = get_dataset(name).load(cfg)
+        sizes = ", ".join(f"{s} {len(getattr(bundle, s))}" for s in ("train", "valid", "test"))
+        print(f"{name}: ready in {time.time() - start:.1f} s ({sizes}; dims {bundle.spec.dims}, "
+              f"lengths {bundle.spec.max_lengths}); later loads read the cache")
+        return 0
     if args.what != "synthetic":
-        print(f"msabench prepare: unknown target {args.what!r}; available: synthetic", file=sys.stderr)
+        print(f"msabench prepare: unknown target {args.what!r}; available: synthetic, encode, cache", file=sys.stderr)
+        return 2
+    if not args.out:
+        print("msabench prepare synthetic: --out PATH.pkl is required", file=sys.stderr)
         return 2
     overrides = [o.removeprefix("synthetic.") for o in args.overrides]
     cfg = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), OmegaConf.from_dotlist(overrides))
@@ -110,6 +153,185 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         f"wrote {args.out} (MMSA unaligned layout: train {len(bundle.train)}, valid {len(bundle.valid)}, "
         f"test {len(bundle.test)}; the OOD sets are not part of an MMSA pickle)"
     )
+    return 0
+
+
+def _sweep_path(name_or_path: str) -> Path:
+    """A sweep YAML path, or the name of one in benchmarks/sweeps/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return Path(__file__).resolve().parent / "sweeps" / f"{name_or_path}.yaml"
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmarks.sweep import STATES, delete_incomplete, expand, launch, load_sweep, status
+
+    sweep = load_sweep(_sweep_path(args.sweep), args.overrides)
+    if args.action == "launch":
+        from benchmarks.run import PROJECT_ROOT  # noqa: F401 - imports lightning before quieting it
+
+        _quiet_lightning(args.verbose)
+        start = time.time()
+        final = launch(sweep)
+        print(f"sweep {sweep.name}: " + ", ".join(f"{len(final[s])} {s}" for s in STATES)
+              + f" ({time.time() - start:.0f} s)")
+        return 0 if not final["incomplete"] and not final["not launched"] else 1
+    jobs = expand(sweep)
+    if args.action == "status":
+        groups = status(jobs)
+        for name in STATES:
+            print(f"{name:>13}: {len(groups[name])}")
+            if name != "done":
+                for job in groups[name]:
+                    print(f"{'':>15}{job.run_dir}")
+        return 0
+    removed = delete_incomplete(jobs)
+    print(f"removed {len(removed)} incomplete run folders" + "".join(f"\n  {p}" for p in removed))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from benchmarks.check import compare, read_reference, reference_table, write_reference
+    from benchmarks.leaderboard import build_leaderboard
+    from benchmarks.run import PROJECT_ROOT
+    from benchmarks.sweep import launch, load_sweep
+    from methods import METHODS
+
+    _quiet_lightning(args.verbose)
+    sweep_file = _sweep_path(args.sweep)
+    sweep = load_sweep(sweep_file, args.overrides)
+    default_reference = PROJECT_ROOT / "benchmarks" / "reference" / f"{sweep.name}.csv"
+    reference = Path(args.reference) if args.reference else default_reference
+    start = time.time()
+    final = launch(sweep)
+    if final["incomplete"] or final["not launched"]:
+        print(f"msabench check: {len(final['incomplete']) + len(final['not launched'])} jobs did not finish",
+              file=sys.stderr)
+        return 1
+    board = build_leaderboard(Path(sweep.root) / sweep.name, order=list(METHODS))
+    current = reference_table(board)
+    if args.update_reference:
+        write_reference(current, reference)
+        print(f"wrote reference {reference} ({len(current)} cells)")
+        return 0
+    regressions, missing = compare(read_reference(reference), current)
+    for problem in [*map(str, regressions), *missing]:
+        print(f"REGRESSION {problem}", file=sys.stderr)
+    print(f"msabench check: {len(current)} OOD cells compared with {reference}: "
+          f"{len(regressions)} regressions, {len(missing)} missing ({time.time() - start:.0f} s)")
+    return 1 if regressions or missing else 0
+
+
+SPLITS_BUILD_HELP = """\
+Build OOD test sets of the GEAR protocol (METHODS.md section 4): for each modality set, a subset of
+the dataset's standard test split chosen by simulated annealing so that every frequent "word" of
+that modality is label-balanced inside it. Writes one manifest per set (ids only, no labels or text):
+  <out>/<dataset>/test_<label_mode>_<modality>.json
+which `msabench run data.manifests=[...]` loads as an extra test set named after the manifest.
+
+Overrides (key=value):
+  dataset=synthetic                 a registered dataset (msabench list); <dataset>.<field>=... as in `msabench run`
+  split.seed=0                      seed of the chains, the random baseline and K-means
+  split.label_mode=nn               nn: b = 1[y >= 0];  np: negative vs positive, neutral on neither side
+  split.fraction=0.47  split.n_sel= subset size (n_sel overrides the fraction)
+  split.text.min_count=             keep words with test count > min_count (default 50 if N >= 2000, else 10)
+  split.text.stop_words=nltk        nltk (179 words) | none
+  split.av.k=                       K-means clusters (default 50 if N >= 2000, else 10)
+  split.av.descriptor=masked_mean   masked_mean | mean | mean_std
+  split.av.normalise=train_zscore   train_zscore | none;   split.av.fit_on=train | test
+  split.av.words=utterance          utterance (one-hot cluster) | frame (split.av.frame_k=64 clusters, presence)
+  split.tav.weighting=sum           sum | per_modality
+  split.sa.chains=8 split.sa.t0=0.1 split.sa.cooling=0.99 split.sa.outer=400 split.sa.n0=200
+  split.sa.growth=1.0008 split.sa.moves=notebook|exchange
+  split.random_subsets=100 split.eps=1e-6 split.name=   (''= test_<label_mode>_<modality>)
+For text-only sets of a dataset whose config has a `features` switch (mosi_text, mosei_text), the
+text encoder is not run (<dataset>.features=false unless given): the builder needs transcripts only.
+Same data, overrides and seed -> byte-identical manifest (within one git commit: created_by records it).
+"""
+
+
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    split = [o.removeprefix("split.") for o in overrides if o.startswith("split.")]
+    return split, [o for o in overrides if not o.startswith("split.")]
+
+
+def _cmd_splits_build(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from benchmarks.config import build_config
+    from datamodules import get_dataset
+    from ood_splits.builder import MANIFEST_ROOT, MODALITY_SETS, SplitConfig, build_and_write, load_dataset
+    from ood_splits.report import report
+
+    split_items, rest = _split_overrides(args.overrides)
+    dataset = "synthetic"
+    for item in rest:
+        key, _, value = item.partition("=")
+        if key == "dataset":
+            dataset = value
+    for item in rest:
+        key = item.partition("=")[0]
+        if key != "dataset" and not key.startswith((f"{dataset}.", "source.")):
+            raise ValueError(
+                f"override {item!r} is not a split or dataset key; expected split.<field>=..., dataset=<name> or "
+                f"{dataset}.<field>=..."
+            )
+    base = OmegaConf.merge(OmegaConf.structured(SplitConfig), OmegaConf.from_dotlist(split_items))
+    modalities = args.modality or [base.modality]
+    fields = {f.name for f in dataclasses.fields(get_dataset(dataset).config_class)}
+    if all(MODALITY_SETS[m] == ("text",) for m in modalities):
+        for key, value in (("features", "false"), ("progress", "false")):
+            if key in fields and not any(i.startswith((f"{dataset}.{key}=", f"source.{key}=")) for i in rest):
+                rest.append(f"{dataset}.{key}={value}")
+    source = OmegaConf.to_container(build_config(rest).source, resolve=True)
+    if args.show_config:
+        print(OmegaConf.to_yaml(OmegaConf.create({"dataset": dataset, dataset: source, "split": base})), end="")
+        return 0
+    start = time.time()
+    bundle = load_dataset(dataset, source)
+    print(f"{dataset}: loaded in {time.time() - start:.1f} s (test split {len(bundle.test)} samples)")
+    written = []
+    for modality in modalities:
+        cfg = OmegaConf.to_object(OmegaConf.merge(base, {"modality": modality}))
+        start = time.time()
+        path, manifest = build_and_write(
+            bundle, cfg, dataset=dataset, dataset_config=source, root=Path(args.out) if args.out else MANIFEST_ROOT
+        )
+        obj, params = manifest["objective"], manifest["params"]
+        print(
+            f"{path}: {params['n_sel']} of {params['n_source']} test samples, |V| = {params['vocabulary']['size']}, "
+            f"E {obj['initial']:.4f} -> {obj['final']:.4f} (random subsets {obj['random_baseline']['mean']:.4f} "
+            f"± {obj['random_baseline']['std']:.4f}), chain {obj['chosen_chain']} of {len(obj['chains'])}, "
+            f"{time.time() - start:.1f} s"
+        )
+        written.append(path)
+    if args.report:
+        for stats in report(written, bundles={dataset: bundle}):
+            print(f"report: {stats['files'][0]}")
+    return 0
+
+
+def _cmd_splits_report(args: argparse.Namespace) -> int:
+    from ood_splits.report import report
+
+    for stats in report(args.manifests, out_dir=args.out):
+        obj, labels = stats["objective"], stats["labels"]
+        line = (
+            f"{stats['dataset']}/{stats['name']}: {stats['size']['n_sel']} of {stats['size']['n_test']}, "
+            f"E {obj['final']:.4f} vs random {obj['random_mean']:.4f} ± {obj['random_std']:.4f}, negative fraction "
+            f"{labels['ood']['negative_fraction']:.3f} (test {labels['test']['negative_fraction']:.3f}), videos "
+            f"{stats['videos']['ood']} / {stats['videos']['test']}"
+        )
+        if "synthetic_text_shortcut" in stats:
+            s = stats["synthetic_text_shortcut"]
+            line += f", text-shortcut agreement {s['agreement_ood']:.3f} (test {s['agreement_test']:.3f})"
+        print(line)
+        for warning in stats["warnings"]:
+            print(f"  warning: {warning}")
+        print(f"  wrote {', '.join(stats['files'])}")
     return 0
 
 
@@ -157,17 +379,91 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-existing", action="store_true", help="exit 0 without training if the run is complete")
     run.set_defaults(func=_cmd_run)
 
-    board = sub.add_parser("leaderboard", help="run folders -> leaderboard.csv / leaderboard.md")
+    board = sub.add_parser("leaderboard", help="run folders -> leaderboard.csv / .md / .png")
     board.add_argument("root", help="directory searched recursively for run folders")
     board.add_argument("--out", help="output directory (default: the root)")
     board.add_argument("--recompute", action="store_true", help="recompute every metric from predictions.csv")
+    board.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the leaderboard as a W&B table (job_type leaderboard; offline unless WANDB_MODE is set)",
+    )
+    board.add_argument("--wandb-project", default="msa-debias-bench", help="W&B project (default: msa-debias-bench)")
     board.set_defaults(func=_cmd_leaderboard)
 
-    prep = sub.add_parser("prepare", help="write data files (synthetic benchmark as an MMSA pickle)")
-    prep.add_argument("what", choices=["synthetic"])
-    prep.add_argument("--out", required=True, help="output .pkl path")
-    prep.add_argument("overrides", nargs="*", help="synthetic.<field>=value")
+    prep = sub.add_parser(
+        "prepare",
+        help="write data files: the synthetic benchmark as an MMSA pickle, the text encoding cache, the MMSA cache",
+        description="synthetic --out X.pkl [synthetic.k=v]: the synthetic benchmark as an MMSA pickle.\n"
+        "encode mosi_text|mosei_text [k=v]: encode the transcripts offline into the cache (progress bar).\n"
+        "cache mosi|mosei|mmsa [k=v]: convert an MMSA pickle into the memory-mapped cache.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prep.add_argument("what", choices=["synthetic", *PREPARE_TARGETS])
+    prep.add_argument("--out", help="output .pkl path (synthetic)")
+    prep.add_argument(
+        "overrides", nargs="*", help="for encode / cache the dataset name first; then <dataset>.<field>=value"
+    )
     prep.set_defaults(func=_cmd_prepare)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="launch a sweep (methods x datasets x seeds), show its status, or delete incomplete jobs",
+        description="A sweep YAML (benchmarks/sweeps/<name>.yaml, or a path) names methods, variants, datasets, "
+        "test sets, seeds, overrides and the launcher (serial, local process pool, or slurm via submitit). Each "
+        "job's folder is named by a hash of its resolved config, so relaunching runs only what is missing.",
+    )
+    sweep.add_argument("action", choices=["launch", "status", "delete-incomplete"])
+    sweep.add_argument("sweep", nargs="?", default="default", help="sweep name or YAML path (default: default)")
+    sweep.add_argument("overrides", nargs="*", help="sweep-level overrides, e.g. seeds=[1111] launcher.workers=1")
+    sweep.set_defaults(func=_cmd_sweep)
+
+    check = sub.add_parser(
+        "check",
+        help="CI regression check: run the small fixed sweep and compare OOD Acc-2 with the committed reference",
+        description="Runs the sweep (default: benchmarks/sweeps/ci.yaml), builds its leaderboard and fails (exit 1) "
+        "naming method, dataset, set and metric when an OOD Non0_acc_2 mean falls below the reference by more than "
+        "max(2 x reference std over seeds, 1.0 point). --update-reference rewrites the reference instead.",
+    )
+    check.add_argument("--sweep", default="ci", help="sweep name or YAML path (default: ci)")
+    check.add_argument("--reference", help="reference CSV (default: benchmarks/reference/<sweep name>.csv)")
+    check.add_argument("--update-reference", action="store_true", help="write the reference from this run")
+    check.add_argument("overrides", nargs="*", help="sweep-level overrides, e.g. root=/tmp/ci-runs")
+    check.set_defaults(func=_cmd_check)
+
+    splits = sub.add_parser("splits", help="build OOD test-set manifests and their sanity reports")
+    splits_sub = splits.add_subparsers(dest="splits_command", required=True)
+    build = splits_sub.add_parser(
+        "build",
+        help="anneal OOD subsets of a dataset's test split and write their manifests",
+        description=SPLITS_BUILD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("overrides", nargs="*", help="dataset=..., <dataset>.<field>=..., split.<field>=...")
+    build.add_argument(
+        "--modality",
+        nargs="+",
+        choices=["text", "audio", "vision", "tav"],
+        help="modality sets to build, one manifest each (default: split.modality, i.e. text)",
+    )
+    build.add_argument(
+        "--out", help="manifest root; files go to <out>/<dataset>/<name>.json (default: ood_splits/manifests)"
+    )
+    build.add_argument("--report", action="store_true", help="also write the sanity reports (<out>/<dataset>/reports/)")
+    build.add_argument("--show-config", action="store_true", help="print the resolved split and dataset config; exit")
+    build.set_defaults(func=_cmd_splits_build)
+    rep = splits_sub.add_parser(
+        "report",
+        help="sanity report (Markdown + JSON + PNG) in reports/ beside each manifest",
+        description="For each manifest <dir>/<name>.json write <dir>/reports/<name>.report.md / .report.json / "
+        ".report.png: subset size, label "
+        "histograms vs the full test split, E vs random subsets and per chain, per-entry negative rates on "
+        "train / test / OOD, Jaccard overlap between the manifests given, distinct videos, and on synthetic data "
+        "the planted text shortcut's agreement rate. The dataset is reloaded from the config the manifest records.",
+    )
+    rep.add_argument("manifests", nargs="+", help="manifest JSON files (overlaps are computed between them)")
+    rep.add_argument("--out", help="write the reports here instead of reports/ beside each manifest")
+    rep.set_defaults(func=_cmd_splits_report)
 
     lst = sub.add_parser("list", help="registered methods and datasets")
     lst.set_defaults(func=_cmd_list)

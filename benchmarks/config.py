@@ -71,6 +71,7 @@ class JobConfig:
     method: str = "baseline"
     dataset: str = "synthetic"
     seed: int = 1111
+    label: str = ""
     model: Any = None
     source: Any = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -82,8 +83,10 @@ class JobConfig:
 
 
 # Keys that do not change what a job computes: excluded from its hash and run-folder name.
-NON_SEMANTIC = ("output", "logger", "wandb", "trainer.progress_bar", "trainer.threads")
+# (trainer.threads is semantic: the CPU thread count changes floating-point reduction order.)
+NON_SEMANTIC = ("output", "logger", "wandb", "trainer.progress_bar")
 FIXED_SECTIONS = (
+    "label",
     "method",
     "dataset",
     "seed",
@@ -170,10 +173,10 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
-    """``output.dir`` if set, else ``<root>/<sweep>/<method>-<dataset>-s<seed>-<hash>``."""
+    """``output.dir`` if set, else ``<root>/<sweep>/<label or method>-<dataset>-s<seed>-<hash>``."""
     if cfg.output.dir:
         return Path(cfg.output.dir)
-    name = f"{cfg.method}-{cfg.dataset}-s{cfg.seed}-{config_hash(cfg)}"
+    name = f"{cfg.label or cfg.method}-{cfg.dataset}-s{cfg.seed}-{config_hash(cfg)}"
     return Path(cfg.output.root) / cfg.output.sweep / name
 
 

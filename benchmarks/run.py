@@ -126,30 +126,31 @@ def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     try:
         from lightning.pytorch.loggers import WandbLogger
 
-        return [
-            WandbLogger(
-                project=cfg.wandb.project,
-                entity=cfg.wandb.entity or None,
-                group=cfg.wandb.group or cfg.output.sweep,
-                name=run_dir.name,
-                tags=[cfg.method, cfg.dataset, f"seed={cfg.seed}"],
-                save_dir=str(run_dir),
-                config=OmegaConf.to_container(cfg, resolve=True),
-            )
-        ]
+        logger = WandbLogger(
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity or None,
+            group=cfg.wandb.group or cfg.output.sweep,
+            name=run_dir.name,
+            tags=[cfg.method, cfg.dataset, f"seed={cfg.seed}"],
+            save_dir=str(run_dir),
+            mode=os.environ["WANDB_MODE"],
+        )
+        logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+        return [logger]
     except Exception as exc:  # noqa: BLE001 - logging must never fail the job
         log.warning("W&B logger disabled for %s: %s", run_dir, exc)
+        _finish_wandb()
         return []
 
 
-def _finish_wandb(loggers: list[Any]) -> None:
+def _finish_wandb() -> None:
     """End the W&B run of this job so the next job never logs into it."""
-    if not any(type(lg).__name__ == "WandbLogger" for lg in loggers):
-        return
     try:
         import wandb
 
-        wandb.finish()
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
     except Exception as exc:  # noqa: BLE001
         log.warning("wandb.finish() failed: %s", exc)
 
@@ -215,7 +216,8 @@ def run_job(cfg: DictConfig) -> Path:
             best.restore(method)
             trainer.test(method, datamodule=dm, verbose=False)
     finally:
-        _finish_wandb(loggers)
+        if "wandb" in cfg.logger:
+            _finish_wandb()
 
     rows = []
     for name in dm.test_set_names:
@@ -229,6 +231,7 @@ def run_job(cfg: DictConfig) -> Path:
     selected = next((h for h in method.valid_history if h["epoch"] == best.epoch), {})
     result = {
         "method": cfg.method,
+        "label": cfg.label or cfg.method,
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
         "sweep": cfg.output.sweep,
@@ -242,6 +245,7 @@ def run_job(cfg: DictConfig) -> Path:
         "n_samples": {name: int(len(method.test_outputs[name]["index"])) for name in dm.test_set_names},
         "versions": _versions(),
         "git_commit": _git_commit(),
+        "torch_threads": torch.get_num_threads(),
         "wall_time_s": round(time.time() - start, 2),
     }
     _write_json(run_dir / "result.json", result)

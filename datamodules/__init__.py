@@ -2,17 +2,26 @@
 
 ``method_preset`` holds dataset-specific method defaults (dotted keys into the method config),
 applied before the user's overrides and visible in the resolved config. The MOSI preset is
-GEAR's MOSI override (METHODS.md §2): dropouts 0.3 and every weight decay 0.
+GEAR's MOSI override (METHODS.md §2): dropouts 0.3 and every weight decay 0; every MOSI-family
+dataset (``synthetic``, ``mosi``, ``mosi_text``, ``mosi_utt``) gets it, the MOSEI ones none.
+
+Real data: ``mosi`` / ``mosei`` are MMSA release pickles (memory-mapped cache after the first
+load), ``mosi_text`` / ``mosei_text`` the real transcripts with the offline text encoder, and
+``mosi_utt`` the real bc-LSTM utterance features; see their modules for the file layouts.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from datamodules.schema import Batch, DatasetBundle, FeatureSpec, SplitData
 from datamodules.synthetic import SyntheticConfig, generate
+from datamodules.transcripts import MOSITextConfig, TranscriptConfig, data_root, load_mosei_text, load_mosi_text
+from datamodules.utterance import UtteranceConfig, load_mosi_utterance
 
 MOSI_PRESET: dict[str, Any] = {
     "backbone.text.dropout": 0.3,
@@ -25,18 +34,87 @@ MOSI_PRESET: dict[str, Any] = {
 
 @dataclass
 class MMSAConfig:
-    """Any MMSA pickle (``aligned_50.pkl`` / ``unaligned_50.pkl``) given by path."""
+    """Any MMSA pickle (``aligned_50.pkl`` / ``unaligned_50.pkl``) given by path.
+
+    ``cache``: convert it once into memory-mapped arrays in ``cache_dir`` ('' = ``$MSABENCH_CACHE`` or
+    ~/.cache/msabench) and map those on later loads; ``verify_hash`` re-hashes the pickle on every load
+    instead of trusting its remembered SHA-256 (same path, size, mtime).
+    """
 
     path: str = ""
     nonfinite: str = "error"
+    cache: bool = True
+    cache_dir: str = ""
+    verify_hash: bool = False
+
+
+def _read_mmsa(path: Path, cfg: MMSAConfig, name: str | None) -> DatasetBundle:
+    from datamodules.mmsa import load_mmsa, load_mmsa_cached
+
+    if cfg.cache:
+        return load_mmsa_cached(
+            path, nonfinite=cfg.nonfinite, name=name, cache_dir=cfg.cache_dir or None, verify_hash=cfg.verify_hash
+        )
+    return load_mmsa(path, nonfinite=cfg.nonfinite, name=name)
 
 
 def _load_mmsa(cfg: MMSAConfig) -> DatasetBundle:
-    from datamodules.mmsa import load_mmsa
-
     if not cfg.path:
         raise ValueError("dataset=mmsa needs mmsa.path=/path/to/unaligned_50.pkl (an MMSA release pickle)")
-    return load_mmsa(cfg.path, nonfinite=cfg.nonfinite)
+    return _read_mmsa(Path(cfg.path).expanduser(), cfg, None)
+
+
+@dataclass
+class MMSAReleaseConfig(MMSAConfig):
+    """``mosi`` / ``mosei``: the MMSA release pickle of that dataset.
+
+    ``path``: the pickle or the folder holding it; when empty, ``$MSABENCH_MOSI_PKL`` /
+    ``$MSABENCH_MOSEI_PKL`` (file or folder), else ``<root>/<mosi|mosei>/``. ``aligned`` picks
+    ``aligned_50.pkl`` over ``unaligned_50.pkl`` in a folder. ``root``: the data folder ('' =
+    ``$MSABENCH_DATA`` or ../shared/data).
+    """
+
+    aligned: bool = False
+    root: str = ""
+
+
+MMSA_VARIANTS = ("unaligned_50.pkl", "aligned_50.pkl")
+
+
+def mmsa_release_path(name: str, cfg: MMSAReleaseConfig) -> Path:
+    """Where the ``mosi`` / ``mosei`` pickle is, or a FileNotFoundError saying where to put it and how to check it."""
+    variant = MMSA_VARIANTS[int(cfg.aligned)]
+    env = f"MSABENCH_{name.upper()}_PKL"
+    given, origin = (cfg.path, f"{name}.path") if cfg.path else (os.environ.get(env, ""), env)
+    if given:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            path = path / variant
+        elif path.name in MMSA_VARIANTS and path.name != variant:
+            raise ValueError(
+                f"{name}.aligned={str(cfg.aligned).lower()} asks for {variant}, but {origin} points to {path.name} "
+                f"({path}); set {name}.aligned={str(not cfg.aligned).lower()} or point {origin} at {variant}"
+            )
+    else:
+        path = data_root(cfg.root) / name / variant
+    if not path.is_file():
+        upper = name.upper()
+        raise FileNotFoundError(
+            f"{upper} MMSA pickle not found at {path}. Download {upper}/Processed/{variant} of the MMSA release "
+            f"(thuiar/MMSA, README section 'Datasets') and put it there, or set {name}.path=/path/to/{variant} "
+            f"(the file or its folder) or the environment variable {env}. Check the download with "
+            f"`sha256sum {variant}` against the checksum published with your copy; split manifests record the "
+            f"SHA-256 of the file they were built from and refuse a different one."
+        )
+    return path
+
+
+def _load_release(name: str) -> Callable[[MMSAReleaseConfig], DatasetBundle]:
+    def load(cfg: MMSAReleaseConfig) -> DatasetBundle:
+        return _read_mmsa(mmsa_release_path(name, cfg), cfg, name)
+
+    load.__doc__ = f"The {name} MMSA release pickle (see MMSAReleaseConfig)."
+    return load
 
 
 @dataclass
@@ -55,6 +133,34 @@ DATASETS: dict[str, DatasetEntry] = {
         MOSI_PRESET,
     ),
     "mmsa": DatasetEntry(MMSAConfig, _load_mmsa, "an MMSA release pickle given by mmsa.path"),
+    "mosi": DatasetEntry(
+        MMSAReleaseConfig,
+        _load_release("mosi"),
+        "CMU-MOSI MMSA pickle (unaligned_50 / aligned_50); mosi.path or $MSABENCH_MOSI_PKL",
+        MOSI_PRESET,
+    ),
+    "mosei": DatasetEntry(
+        MMSAReleaseConfig,
+        _load_release("mosei"),
+        "CMU-MOSEI MMSA pickle (unaligned_50 / aligned_50); mosei.path or $MSABENCH_MOSEI_PKL",
+    ),
+    "mosi_text": DatasetEntry(
+        MOSITextConfig,
+        load_mosi_text,
+        "real MOSI transcripts + labels (label.csv or .csd), standard folds, offline MiniLM encoding",
+        MOSI_PRESET,
+    ),
+    "mosei_text": DatasetEntry(
+        TranscriptConfig,
+        load_mosei_text,
+        "real MOSEI transcripts + labels (label.csv), standard folds, offline MiniLM encoding",
+    ),
+    "mosi_utt": DatasetEntry(
+        UtteranceConfig,
+        load_mosi_utterance,
+        "real MOSI bc-LSTM utterance features (t/a/v, length 1), speaker-independent split, valid by videos",
+        MOSI_PRESET,
+    ),
 }
 
 
@@ -66,4 +172,14 @@ def get_dataset(name: str) -> DatasetEntry:
         raise KeyError(f"unknown dataset {name!r}; registered datasets: {', '.join(DATASETS)}") from None
 
 
-__all__ = ["DATASETS", "Batch", "DatasetBundle", "FeatureSpec", "SplitData", "get_dataset"]
+__all__ = [
+    "DATASETS",
+    "Batch",
+    "DatasetBundle",
+    "FeatureSpec",
+    "MMSAConfig",
+    "MMSAReleaseConfig",
+    "SplitData",
+    "get_dataset",
+    "mmsa_release_path",
+]

@@ -25,18 +25,24 @@ file, the split and the key, and says what was expected.
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import glob
 import hashlib
+import json
 import logging
 import os
 import pickle
+import shutil
+import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from datamodules.schema import LABEL_MAX, LABEL_MIN, DataError, DatasetBundle, SplitData
+from datamodules.schema import LABEL_MAX, LABEL_MIN, DataError, DatasetBundle, FeatureSpec, SplitData
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +157,9 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_mmsa(path: PathLike, *, nonfinite: str = "error", name: str | None = None) -> DatasetBundle:
+def load_mmsa(
+    path: PathLike, *, nonfinite: str = "error", name: str | None = None, source_sha256: str | None = None
+) -> DatasetBundle:
     """Read an MMSA pickle as released into a validated :class:`DatasetBundle`.
 
     Features become float32, lengths int64, labels float32, ``id`` / ``raw_text`` numpy str arrays,
@@ -162,7 +170,9 @@ def load_mmsa(path: PathLike, *, nonfinite: str = "error", name: str | None = No
     ``classification_labels``, when present, must satisfy ``(cls >= 1) == (y >= 0)``; ids are unique per
     split. Any non-empty subset of text / audio / vision works, the same in every split.
 
-    ``name`` defaults to the file stem; ``source_sha256`` is the file's SHA-256.
+    ``name`` defaults to the file stem; ``source_sha256`` is the file's SHA-256 (computed here unless the
+    caller already knows it, as :func:`load_mmsa_cached` does). For MOSEI-sized pickles use
+    :func:`load_mmsa_cached`, which unpickles once and memory-maps afterwards.
     """
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -180,7 +190,8 @@ def load_mmsa(path: PathLike, *, nonfinite: str = "error", name: str | None = No
         )
     splits = {s: _convert_split(raw[s], f"{path} [split {s}]", nonfinite) for s in SPLITS}
     del raw
-    bundle = DatasetBundle(name=name or path.stem, **splits, source_sha256=sha256_file(path))
+    digest = source_sha256 if source_sha256 is not None else sha256_file(path)
+    bundle = DatasetBundle(name=name or path.stem, **splits, source_sha256=digest)
     bundle.validate(str(path))
     logger.info(
         "loaded %s: modalities %s, dims %s, max lengths %s, sizes %s",
@@ -527,11 +538,280 @@ def write_mmsa_pickle(bundle: DatasetBundle, path: PathLike) -> None:
     logger.info("wrote %s (%s)", path, {s: len(getattr(bundle, s)) for s in SPLITS})
 
 
+# --------------------------------------------------------------------------------------------------
+# On-disk cache: memory-mapped arrays keyed by the pickle's SHA-256
+# --------------------------------------------------------------------------------------------------
+
+CACHE_ENV = "MSABENCH_CACHE"
+CACHE_FORMAT = 1
+_SPLIT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SplitData))
+_MAPPED_KEYS = frozenset({"text", "text_ids", "audio", "vision"})  # the big ones; the rest is read into memory
+_TMP_MARK = ".tmp-"
+
+
+def cache_root(override: PathLike | None = None) -> Path:
+    """The suite's cache directory: ``override`` when given, else ``$MSABENCH_CACHE``, else ``~/.cache/msabench``."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(CACHE_ENV, "")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "msabench"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cached_sha256(path: PathLike, cache_dir: PathLike | None = None, *, verify: bool = False) -> str:
+    """SHA-256 of a file, remembered in ``<cache>/sha256/`` under the file's (path, size, mtime, inode).
+
+    Hashing a MOSEI-sized pickle takes seconds, so an unchanged file (same stat stamp) is not re-read;
+    ``verify=True`` always re-hashes. An unwritable cache only costs the memo (a warning is logged).
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    memo = cache_root(cache_dir) / "sha256" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    if not verify:
+        try:
+            record = json.loads(memo.read_text())
+            if record.get("stamp") == stamp and isinstance(record.get("sha256"), str):
+                return record["sha256"]
+        except (OSError, ValueError):
+            pass
+    digest = sha256_file(path)
+    try:
+        _write_text_atomic(memo, json.dumps({"stamp": stamp, "sha256": digest}))
+    except OSError as exc:
+        logger.warning("cannot remember the SHA-256 of %s in %s (%s); it will be recomputed next time", path, memo, exc)
+    return digest
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(final: Path) -> None:
+    """Delete temporary build folders of ``final`` left by dead processes of this host (a killed build)."""
+    prefix = f".{final.name}{_TMP_MARK}{socket.gethostname()}-"
+    if not final.parent.is_dir():
+        return
+    for tmp in final.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            logger.info("removed %s, an interrupted cache build", tmp)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_directory(final: PathLike) -> Iterator[Path]:
+    """Build a cache folder under a temporary name and rename it to ``final`` only when complete.
+
+    Yields an empty folder beside ``final`` (``.<name>.tmp-<host>-<pid>-<random>``); when the block
+    ends normally its files are fsynced and the folder is renamed to ``final`` in one step, so a
+    reader sees either no ``final`` or a complete one. On an exception the folder is removed; if the
+    process is killed instead, the next build of ``final`` on this host removes it. If another process
+    renamed its build to ``final`` first, that one is kept and ours discarded.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(final)
+    tmp = final.parent / f".{final.name}{_TMP_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            logger.info("%s was completed by another process; discarded this build", final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def mmsa_cache_dir(source_sha256: str, nonfinite: str, cache_dir: PathLike | None = None) -> Path:
+    """Where the memory-mapped cache of a pickle with this SHA-256 (and non-finite rule) lives."""
+    return cache_root(cache_dir) / "mmsa" / f"{source_sha256}-{nonfinite}-v{CACHE_FORMAT}"
+
+
+def load_mmsa_cached(
+    path: PathLike,
+    *,
+    nonfinite: str = "error",
+    name: str | None = None,
+    cache_dir: PathLike | None = None,
+    verify_hash: bool = False,
+) -> DatasetBundle:
+    """:func:`load_mmsa` with an on-disk cache of memory-mapped ``.npy`` arrays.
+
+    The first load unpickles and validates the file as :func:`load_mmsa` does, writes every array as
+    ``<cache>/mmsa/<sha256>-<nonfinite>-v1/<split>.<key>.npy`` plus ``meta.json`` (see
+    :func:`atomic_directory`: a half-written cache is never read), and returns the mapped arrays. Later
+    loads map the big arrays (``text``, ``text_ids``, ``audio``, ``vision``) with ``np.load(mmap_mode='c')``
+    (copy-on-write: writable, never written back) and read the small ones (ids, labels, lengths, raw
+    text), so loading costs milliseconds and pages are read only when a batch touches them. The
+    pickle's SHA-256 is remembered by :func:`cached_sha256` (``verify_hash=True`` re-hashes).
+
+    A cached load re-checks shapes, dtypes, ids, labels and lengths but not the finiteness of every
+    feature value (that would read all the data; the values were checked when the cache was built).
+    An unreadable or inconsistent cache folder is rebuilt; an unwritable cache directory falls back
+    to the in-memory bundle with a warning.
+    """
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+    path = Path(path)
+    if not path.is_file():
+        return load_mmsa(path, nonfinite=nonfinite, name=name)  # raises the DataError naming the file
+    digest = cached_sha256(path, cache_dir, verify=verify_hash)
+    final = mmsa_cache_dir(digest, nonfinite, cache_dir)
+    bundle_name = name or path.stem
+    if final.is_dir():
+        cached = _read_mmsa_cache(final, bundle_name)
+        if cached is not None:
+            return cached
+        logger.warning("%s: cache folder is incomplete or inconsistent; rebuilding it from %s", final, path)
+        shutil.rmtree(final, ignore_errors=True)
+    built = load_mmsa(path, nonfinite=nonfinite, name=bundle_name, source_sha256=digest)
+    try:
+        with atomic_directory(final) as tmp:
+            _write_mmsa_cache(built, tmp, source=path, nonfinite=nonfinite)
+    except OSError as exc:
+        logger.warning("cannot write the MMSA cache %s (%s); using the unpickled arrays", final, exc)
+        return built
+    del built
+    cached = _read_mmsa_cache(final, bundle_name)
+    if cached is None:
+        raise DataError(f"{final}: the cache just written cannot be read back; check the disk (or delete the folder)")
+    logger.info("cached %s as memory-mapped arrays in %s", path, final)
+    return cached
+
+
+def _write_mmsa_cache(bundle: DatasetBundle, folder: Path, *, source: Path, nonfinite: str) -> None:
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "kind": "mmsa",
+        "source": str(source),
+        "source_sha256": bundle.source_sha256,
+        "nonfinite": nonfinite,
+        "splits": {},
+    }
+    for split_name in SPLITS:
+        split = getattr(bundle, split_name)
+        arrays = {}
+        for key in _SPLIT_KEYS:
+            arr = getattr(split, key)
+            if arr is None:
+                continue
+            arr = np.ascontiguousarray(arr)
+            np.save(folder / f"{split_name}.{key}.npy", arr, allow_pickle=False)
+            arrays[key] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
+        meta["splits"][split_name] = {"n": len(split), "arrays": arrays}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _read_mmsa_cache(folder: Path, name: str) -> DatasetBundle | None:
+    """The cached bundle, or None when the folder is not a complete, consistent cache."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT or set(meta.get("splits", {})) != set(SPLITS):
+            return None
+        splits = {}
+        for split_name in SPLITS:
+            info = meta["splits"][split_name]
+            fields = {}
+            for key, spec in info["arrays"].items():
+                if key not in _SPLIT_KEYS:
+                    return None
+                file = folder / f"{split_name}.{key}.npy"
+                arr = np.load(file, mmap_mode="c" if key in _MAPPED_KEYS else None, allow_pickle=False)
+                if list(arr.shape) != spec["shape"] or arr.dtype.str != spec["dtype"]:
+                    return None
+                fields[key] = arr
+            splits[split_name] = SplitData(**fields)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s: unreadable cache (%s)", folder, exc)
+        return None
+    bundle = DatasetBundle(name=name, **splits, source_sha256=meta.get("source_sha256"))
+    try:
+        _check_cached(bundle, str(folder))
+    except DataError as exc:
+        logger.warning("%s", exc)
+        return None
+    return bundle
+
+
+def _check_cached(bundle: DatasetBundle, where: str) -> None:
+    """:meth:`DatasetBundle.validate` without the finiteness scan of the feature arrays."""
+    spec = FeatureSpec.from_split(bundle.train)
+    for split_name in SPLITS:
+        split: SplitData = getattr(bundle, split_name)
+        at = f"{where} [split {split_name}]"
+        n = len(split)
+        if split.label.ndim != 1 or split.ids.shape != (n,):
+            raise DataError(f"{at}: 'label' / 'ids' shapes {split.label.shape} / {split.ids.shape}; expected ({n},)")
+        _check_unique(split.ids, at)
+        if not np.all(np.isfinite(split.label)):
+            raise DataError(f"{at}: key 'label' has non-finite values")
+        _check_label_range(split.label, split.ids, at)
+        for key in _SPLIT_KEYS:
+            arr = getattr(split, key)
+            if arr is not None and arr.shape[0] != n:
+                raise DataError(f"{at}: key '{key}' has {arr.shape[0]} rows; expected {n}")
+        for feat in ("text", "audio", "vision"):
+            arr, lengths = getattr(split, feat), getattr(split, f"{feat}_lengths")
+            if arr is None or lengths is None:
+                continue
+            if lengths.shape != (n,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > arr.shape[1]:
+                raise DataError(f"{at}: key '{feat}_lengths' outside [1, {arr.shape[1]}]")
+        other = FeatureSpec.from_split(split)
+        if other.modalities != spec.modalities or other.dims != spec.dims:
+            raise DataError(f"{at}: modalities/dims {other.modalities} {other.dims} differ from train's")
+
+
 __all__ = [
+    "CACHE_ENV",
     "NONFINITE_MODES",
     "SPLITS",
     "RestrictedUnpickler",
+    "atomic_directory",
+    "cache_root",
+    "cached_sha256",
     "load_mmsa",
+    "load_mmsa_cached",
+    "mmsa_cache_dir",
     "safe_load_pickle",
     "sha256_file",
     "to_mmsa_dict",

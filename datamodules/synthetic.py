@@ -21,6 +21,9 @@ Generative story for a clip with label y:
   over a variable number of valid frames (zero padding after), u_m and s_m fixed orthogonal
   unit directions.
 * z_m = s(y) with probability ``bias``, else -s(y), where s(y) = +1 for y >= 0 and -1 otherwise.
+  Only the modalities in ``shortcut_modalities`` (default: all three) carry the shortcut; elsewhere
+  z_m agrees with s(y) with probability 0.5 in every split (same random draws, so the default data
+  is unchanged), e.g. ``synthetic.shortcut_modalities=[vision]`` plants it in vision only.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class SyntheticConfig:
     noise: dict[str, float] = field(default_factory=lambda: {"text": 0.25, "audio": 0.45, "vision": 0.45})
     bias: float = 0.9
     shortcut_strength: float = 1.0
+    shortcut_modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
     ood_mode: str = "random"
     clips_per_video: int = 24
     embedding_noise: float = 0.0
@@ -103,6 +107,10 @@ def _check_config(cfg: SyntheticConfig) -> None:
         raise ValueError(f"synthetic.ood_mode must be 'random' or 'reversed', got {cfg.ood_mode!r}")
     if not cfg.modalities or set(cfg.modalities) - set(OOD_SETS["ood_tav"]):
         raise ValueError(f"synthetic.modalities must be a non-empty subset of text/audio/vision, got {cfg.modalities}")
+    if set(cfg.shortcut_modalities) - set(OOD_SETS["ood_tav"]):
+        raise ValueError(
+            f"synthetic.shortcut_modalities must be a subset of text/audio/vision, got {cfg.shortcut_modalities}"
+        )
     for m in cfg.modalities:
         for knob in ("dims", "max_len", "min_len", "strength", "noise"):
             if m not in getattr(cfg, knob):
@@ -208,7 +216,8 @@ def _split(cfg: SyntheticConfig, world: _World, name: str, n: int, broken: tuple
             continue
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, code, k + 1]))
         c = (y / 3.0 + cfg.noise[m] * rng.standard_normal(n)).astype(np.float32)
-        z = _shortcut_sign(rng, y, ood_agree if m in broken else cfg.bias)
+        agree = 0.5 if m not in cfg.shortcut_modalities else ood_agree if m in broken else cfg.bias
+        z = _shortcut_sign(rng, y, agree)
         if m == "text":
             data["text"], data["text_ids"], data["text_lengths"], data["raw_text"] = _text(rng, cfg, world, c, z)
         else:

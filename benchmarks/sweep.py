@@ -1,0 +1,317 @@
+"""Sweeps: methods (and labelled variants) x datasets x seeds -> jobs, launched serially, on a local
+process pool, or on Slurm through submitit.
+
+A job is a list of config overrides; its run folder is named by a hash of its resolved config
+(DomainBed's idea), so relaunching a sweep runs only what is missing. States: ``not launched``
+(no folder), ``incomplete`` (a folder without ``done``; redone on the next launch) and ``done``
+(``done`` is written last by `benchmarks.run.run_job`). A sweep killed midway loses at most the
+jobs that were running; their folders hold no ``done`` and are redone from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from benchmarks.config import build_config, run_dir_for
+from methods import METHODS
+
+log = logging.getLogger(__name__)
+STATES = ("not launched", "incomplete", "done")
+
+
+@dataclass
+class VariantConfig:
+    """An extra leaderboard row: a registered method with fixed overrides (e.g. an ablation)."""
+
+    method: str = "baseline"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LauncherConfig:
+    """``serial`` | ``local`` | ``slurm``. For ``local``: ``workers`` processes (0 = as many as the
+    cores allow at ``threads`` torch threads each), or one per GPU id in ``gpus``."""
+
+    name: str = "local"
+    workers: int = 0
+    threads: int = 1
+    gpus: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SlurmConfig:
+    """submitit options for ``launcher.name=slurm`` (one array job per launch)."""
+
+    partition: str = ""
+    time_min: int = 120
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    mem_gb: int = 16
+    array_parallelism: int = 64
+    cluster: str = ""
+    additional: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig:
+    """A named sweep; see ``benchmarks/sweeps/*.yaml``."""
+
+    name: str = "default"
+    root: str = "runs"
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    variants: dict[str, VariantConfig] = field(default_factory=dict)
+    datasets: list[str] = field(default_factory=lambda: ["synthetic"])
+    seeds: list[int] = field(default_factory=lambda: [1111, 1112, 1113])
+    test_sets: dict[str, list[str]] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    dataset_overrides: dict[str, list[str]] = field(default_factory=dict)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+@dataclass(frozen=True)
+class Job:
+    label: str
+    method: str
+    dataset: str
+    seed: int
+    overrides: tuple[str, ...]
+    run_dir: Path
+
+
+def load_sweep(path: str | Path | None = None, overrides: list[str] | None = None) -> SweepConfig:
+    """A sweep YAML (or the defaults) merged with ``key=value`` overrides; typed, so typos are errors."""
+    schema = OmegaConf.structured(SweepConfig)
+    parts = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep file {path} does not exist")
+        parts.append(OmegaConf.load(path))
+    parts.append(OmegaConf.from_dotlist(list(overrides or [])))
+    return OmegaConf.to_object(OmegaConf.merge(*parts))
+
+
+def expand(sweep: SweepConfig) -> list[Job]:
+    """The sweep's grid as jobs (dataset, then row, then seed order), each with its run folder."""
+    methods = list(METHODS) if sweep.methods == ["all"] else list(sweep.methods)
+    rows: list[tuple[str, str, list[str]]] = [(m, m, []) for m in methods]
+    rows += [(label, v.method, list(v.overrides)) for label, v in sweep.variants.items()]
+    jobs = []
+    for dataset in sweep.datasets:
+        for label, method, variant_overrides in rows:
+            for seed in sweep.seeds:
+                manifests = sweep.test_sets.get(dataset, [])
+                overrides = [
+                    f"method={method}",
+                    f"dataset={dataset}",
+                    f"seed={seed}",
+                    *([f"label={label}"] if label != method else []),
+                    f"output.root={sweep.root}",
+                    f"output.sweep={sweep.name}",
+                    "trainer.progress_bar=false",
+                    f"trainer.threads={max(1, sweep.launcher.threads)}",
+                    *([f"data.manifests=[{','.join(manifests)}]"] if manifests else []),
+                    *sweep.overrides,
+                    *sweep.dataset_overrides.get(dataset, []),
+                    *sweep.method_overrides.get(method, []),
+                    *variant_overrides,
+                ]
+                cfg = build_config(overrides)
+                jobs.append(Job(label, method, dataset, int(seed), tuple(overrides), run_dir_for(cfg)))
+    dirs = [j.run_dir for j in jobs]
+    if len(set(dirs)) != len(dirs):
+        raise ValueError(f"sweep {sweep.name!r}: two grid points resolve to the same job (identical configs)")
+    return jobs
+
+
+def state(job: Job) -> str:
+    if (job.run_dir / "done").is_file():
+        return "done"
+    return "incomplete" if job.run_dir.exists() else "not launched"
+
+
+def status(jobs: list[Job]) -> dict[str, list[Job]]:
+    """Jobs grouped by state."""
+    out: dict[str, list[Job]] = {s: [] for s in STATES}
+    for job in jobs:
+        out[state(job)].append(job)
+    return out
+
+
+def delete_incomplete(jobs: list[Job]) -> list[Path]:
+    """Remove the folders of incomplete jobs (never a folder with ``done``)."""
+    removed = []
+    for job in jobs:
+        if state(job) == "incomplete":
+            shutil.rmtree(job.run_dir)
+            removed.append(job.run_dir)
+    return removed
+
+
+def run_overrides(overrides: list[str] | tuple[str, ...]) -> str:
+    """Run one job from its overrides (the unit of work of every launcher); returns its folder."""
+    from benchmarks.run import RunExistsError, run_job
+
+    cfg = build_config(list(overrides))
+    try:
+        return str(run_job(cfg))
+    except RunExistsError:
+        return str(run_dir_for(cfg))
+
+
+def _log_event(sweep_dir: Path, **event: Any) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / "_sweep_log.jsonl", "a") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def _worker_job(overrides: tuple[str, ...], sweep_dir: str) -> tuple[str, str | None]:
+    start = time.time()
+    try:
+        run_dir, error = run_overrides(overrides), None
+    except Exception:  # noqa: BLE001 - one failing job must not stop the sweep
+        run_dir, error = "", traceback.format_exc()
+    _log_event(Path(sweep_dir), pid=os.getpid(), start=start, end=time.time(), run_dir=run_dir, error=error)
+    return run_dir, error
+
+
+def _init_worker(gpu_queue: Any) -> None:
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def plan_workers(launcher: LauncherConfig, n_jobs: int, cores: int | None = None) -> tuple[int, int]:
+    """(workers, threads per worker) such that workers x threads never exceeds the cores
+    (or workers never exceeds the GPUs given), and never more workers than jobs."""
+    cores = cores or available_cores()
+    threads = max(1, launcher.threads)
+    if launcher.gpus:
+        workers = len(launcher.gpus) if launcher.workers <= 0 else min(launcher.workers, len(launcher.gpus))
+        threads = max(1, min(threads, cores // max(workers, 1)))
+    else:
+        if threads > cores:
+            log.warning("launcher.threads=%d exceeds the %d cores; using %d", threads, cores, cores)
+            threads = cores
+        limit = max(1, cores // threads)
+        workers = limit if launcher.workers <= 0 else launcher.workers
+        if workers > limit:
+            log.warning(
+                "launcher.workers=%d x %d threads would oversubscribe %d cores; using %d workers",
+                workers,
+                threads,
+                cores,
+                limit,
+            )
+            workers = limit
+    return max(1, min(workers, max(n_jobs, 1))), threads
+
+
+def launch(sweep: SweepConfig, *, progress: Callable[[str], None] = print) -> dict[str, list[Job]]:
+    """Run every job of the sweep that is not done; returns the final status."""
+    jobs = expand(sweep)
+    todo = [j for j in jobs if state(j) != "done"]
+    sweep_dir = Path(sweep.root) / sweep.name
+    progress(
+        f"sweep {sweep.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run "
+        f"({sweep.launcher.name} launcher)"
+    )
+    if not todo:
+        return status(jobs)
+    name = sweep.launcher.name
+    failures: list[tuple[Job, str]] = []
+    if name == "serial":
+        for i, job in enumerate(todo, 1):
+            _, error = _worker_job(job.overrides, str(sweep_dir))
+            progress(f"[{i}/{len(todo)}] {job.run_dir.name}: {'FAILED' if error else 'done'}")
+            if error:
+                failures.append((job, error))
+    elif name == "local":
+        workers, threads = plan_workers(sweep.launcher, len(todo))
+        if threads != max(1, sweep.launcher.threads):
+            raise ValueError(
+                f"launcher.threads={sweep.launcher.threads} exceeds what this machine allows ({threads}); "
+                "lower it (each job's trainer.threads is part of its config and hash)"
+            )
+        progress(f"local pool: {workers} workers x {threads} threads")
+        ctx = mp.get_context("spawn")
+        gpu_queue = None
+        if sweep.launcher.gpus:
+            gpu_queue = ctx.Manager().Queue()
+            for gpu in sweep.launcher.gpus[:workers]:
+                gpu_queue.put(gpu)
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(gpu_queue,)
+        ) as pool:
+            futures = {pool.submit(_worker_job, job.overrides, str(sweep_dir)): job for job in todo}
+            for i, future in enumerate(as_completed(futures), 1):
+                job = futures[future]
+                _, error = future.result()
+                progress(f"[{i}/{len(todo)}] {job.run_dir.name}: {'FAILED' if error else 'done'}")
+                if error:
+                    failures.append((job, error))
+    elif name == "slurm":
+        failures = _launch_slurm(sweep, todo, progress)
+    else:
+        raise ValueError(f"launcher.name must be serial, local or slurm, got {name!r}")
+    for job, error in failures:
+        progress(f"FAILED {job.run_dir}:\n{error}")
+    return status(jobs)
+
+
+def _launch_slurm(sweep: SweepConfig, todo: list[Job], progress: Callable[[str], None]) -> list[tuple[Job, str]]:
+    """One submitit array job over the missing jobs; waits for it. ``slurm.cluster=local|debug``
+    runs the same path without a cluster (tests)."""
+    import submitit
+
+    s = sweep.slurm
+    folder = Path(sweep.root) / sweep.name / "_submitit"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=s.cluster or None)
+    params: dict[str, Any] = {
+        "timeout_min": s.time_min,
+        "cpus_per_task": s.cpus_per_task,
+        "mem_gb": s.mem_gb,
+        "gpus_per_node": s.gpus_per_node,
+        "slurm_array_parallelism": s.array_parallelism,
+        "name": f"msabench-{sweep.name}",
+    }
+    if s.partition:
+        params["slurm_partition"] = s.partition
+    if s.additional:
+        params["slurm_additional_parameters"] = dict(s.additional)
+    executor.update_parameters(**params)
+    sweep_dir = str(Path(sweep.root) / sweep.name)
+    submitted = executor.map_array(_worker_job, [j.overrides for j in todo], [sweep_dir] * len(todo))
+    first_id = submitted[0].job_id if submitted else "-"
+    progress(f"submitted {len(submitted)} jobs to {executor.cluster} (first job id {first_id})")
+    failures = []
+    for i, (job, handle) in enumerate(zip(todo, submitted), 1):
+        try:
+            _, error = handle.result()
+        except Exception:  # noqa: BLE001
+            error = traceback.format_exc()
+        progress(f"[{i}/{len(todo)}] {job.run_dir.name}: {'FAILED' if error else 'done'}")
+        if error:
+            failures.append((job, error))
+    return failures

@@ -1,0 +1,125 @@
+"""``mosi_utt``: the real multimodal CMU-MOSI utterance features of bc-LSTM (Poria et al., ACL 2017).
+
+``<root>/mosi/bclstm_utterance.npz`` holds one vector per clip: ``text`` (2199, 100), ``audio``
+(2199, 73, openSMILE), ``vision`` (2199, 100), ``label`` in [-3, 3], ``clip_id``, ``video_id``,
+``raw_text`` and two split columns. Only ``split_bclstm`` (speaker-independent train / test by
+video) is used: the text and vision features were produced by encoders trained on its train part,
+so on the standard split they leak test labels. The validation set is a seeded random
+``valid_fraction`` of the train *videos* (whole videos, so no speaker is in both).
+
+Caveat (measured): the same leak reaches that validation set, because its clips were in the part the
+bc-LSTM encoders were trained on: the baseline scores Non0 Acc-2 ~0.98 on it and ~0.77 on test, so
+early stopping sees an optimistic, flat signal. ``valid_from=test`` instead holds out
+``valid_fraction`` of the *test* videos (clean features, disjoint from the remaining test videos) at
+the cost of a smaller test set; the default follows the protocol (validation from train).
+
+Each modality becomes a sequence of length 1 (``(N, 1, d)``, lengths 1). With ``standardize``
+(default) every feature is z-scored with the mean and std of the train part (after the validation
+videos are held out); constant features get std 1. The file is read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from datamodules.mmsa import sha256_file
+from datamodules.schema import DataError, DatasetBundle, SplitData
+from datamodules.transcripts import ID_SEP, data_root, missing_data_hint, require_file
+
+UTTERANCE_FILE = "bclstm_utterance.npz"
+SPLIT_KEY = "split_bclstm"
+_REQUIRED = ("text", "audio", "vision", "label", "clip_id", "video_id", "raw_text", SPLIT_KEY)
+
+
+@dataclass
+class UtteranceConfig:
+    """``root`` data folder ('' = ``$MSABENCH_DATA`` or ../shared/data); ``valid_fraction`` of the
+    videos of ``valid_from`` (``train`` or ``test`` of split_bclstm) held out for validation, drawn
+    with ``valid_seed``; ``standardize`` z-scores every feature with train statistics."""
+
+    root: str = ""
+    valid_fraction: float = 0.1
+    valid_seed: int = 0
+    valid_from: str = "train"
+    standardize: bool = True
+
+
+def split_videos(videos: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The held-out videos: round(fraction * #videos) (at least 1) of the sorted unique ``videos``, seeded."""
+    unique = np.unique(videos)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"mosi_utt.valid_fraction must lie in (0, 1), got {fraction}")
+    count = min(max(1, int(round(fraction * unique.size))), unique.size - 1)
+    if count < 1:
+        raise DataError(f"cannot hold out validation videos from {unique.size} train video(s)")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(unique, size=count, replace=False))
+
+
+def load_mosi_utterance(cfg: UtteranceConfig) -> DatasetBundle:
+    """The ``mosi_utt`` bundle: train / valid (held-out train videos) / test of ``split_bclstm``."""
+    path = require_file(
+        data_root(cfg.root) / "mosi" / UTTERANCE_FILE,
+        "MOSI utterance features (bclstm_utterance.npz)",
+        missing_data_hint("mosi_utt.root"),
+    )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in _REQUIRED if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing key(s) {missing}; expected {list(_REQUIRED)}")
+            data = {k: npz[k] for k in _REQUIRED}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as a numpy .npz without pickles ({exc})") from exc
+    n = data["label"].shape[0]
+    videos, clips = data["video_id"].astype(str), data["clip_id"].astype(str)
+    if any(not c.startswith(v + "_") for v, c in zip(videos, clips)):
+        raise DataError(f"{path}: key 'clip_id' must be '<video_id>_<clip>' for every row")
+    ids = np.array([f"{v}{ID_SEP}{c[len(v) + 1 :]}" for v, c in zip(videos, clips)])
+    split = data[SPLIT_KEY].astype(str)
+    if set(np.unique(split)) != {"train", "test"}:
+        raise DataError(f"{path}: key '{SPLIT_KEY}' has values {np.unique(split).tolist()}; expected train / test")
+    shared = np.intersect1d(videos[split == "train"], videos[split == "test"])
+    if shared.size:
+        raise DataError(f"{path}: videos {shared[:3].tolist()} are in both train and test of '{SPLIT_KEY}'")
+    if cfg.valid_from not in ("train", "test"):
+        raise ValueError(f"mosi_utt.valid_from must be 'train' or 'test', got {cfg.valid_from!r}")
+    held_out = split_videos(videos[split == cfg.valid_from], cfg.valid_fraction, cfg.valid_seed)
+    part = np.where(np.isin(videos, held_out), "valid", split)
+
+    features = {}
+    for name in ("text", "audio", "vision"):
+        arr = np.asarray(data[name], dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise DataError(f"{path}: key '{name}' has shape {arr.shape}; expected ({n}, d)")
+        if cfg.standardize:
+            train = arr[part == "train"].astype(np.float64)
+            mean, std = train.mean(axis=0), train.std(axis=0)
+            std[std < 1e-8] = 1.0
+            arr = ((arr - mean) / std).astype(np.float32)
+        features[name] = arr[:, None, :]
+
+    label = np.asarray(data["label"], dtype=np.float32)
+    raw_text = data["raw_text"].astype(str)
+    ones = np.ones(n, dtype=np.int64)
+    splits = {}
+    for name in ("train", "valid", "test"):
+        rows = np.flatnonzero(part == name)
+        splits[name] = SplitData(
+            ids=ids[rows],
+            label=label[rows],
+            text=features["text"][rows],
+            audio=features["audio"][rows],
+            audio_lengths=ones[rows],
+            vision=features["vision"][rows],
+            vision_lengths=ones[rows],
+            raw_text=raw_text[rows],
+        )
+    bundle = DatasetBundle(name="mosi_utt", **splits, source_sha256=sha256_file(path))
+    bundle.validate(str(path))
+    return bundle
+
+
+__all__ = ["UTTERANCE_FILE", "UtteranceConfig", "load_mosi_utterance", "split_videos"]

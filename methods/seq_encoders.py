@@ -1,0 +1,138 @@
+"""Sequence encoders that keep the time axis (METHODS.md §5.1), for methods that work on frames or tokens.
+
+The LF-TF backbone (`methods.backbone`) pools each modality to one vector; graph-based methods
+(MMCI) and CaMIB's ``seq`` encoder option need per-step states instead. Each encoder maps a `Batch`
+to ``(states, mask)``: states (B, L, d) and a bool mask (B, L) of valid steps (a prefix of the
+sequence; padding follows it, as in the Batch contract).
+
+* text, precomputed token features (B, L_t, d_t): Linear(d_t -> d) per token;
+* text, token ids: the fine-tuned local transformers encoder of the backbone
+  (`methods.backbone.TextFinetuneEncoder`, same loading and optimiser tag), last layer's token states
+  -> Linear(hidden -> d);
+* audio / vision: padded frames zeroed, Conv1d(d_m -> d, k=3, same padding) -> sinusoidal positions ->
+  TransformerEncoder (post-norm, ReLU) with a key-padding mask from the lengths.
+
+Every module carries ``optim_group = "modality"`` (the fine-tuned text encoder inside keeps its own
+``text_encoder`` group), which `methods.base` reads to build the optimiser's parameter groups.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from datamodules.schema import Batch, FeatureSpec
+from methods.backbone import TextConfig, TextFinetuneEncoder, resolve_text_mode
+
+
+def sinusoidal_positions(length: int, dim: int, *, device: torch.device | None = None) -> Tensor:
+    """The fixed sine / cosine position table (length, dim) of Vaswani et al. (odd ``dim`` allowed)."""
+    position = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div[: dim // 2])
+    return table
+
+
+def step_mask(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Bool (B, L) of valid steps from ``lengths`` (all steps when lengths is None)."""
+    if lengths is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+
+
+class ConvTransformerEncoder(nn.Module):
+    """Frames (B, L, d_in) -> Conv1d(k) -> + sinusoidal positions -> TransformerEncoder -> (B, L, d).
+
+    Padded steps are zeroed before the convolution (so the valid edge frames see the same zero
+    context as the convolution's own padding) and excluded as attention keys; their outputs are
+    meaningless and must be masked by the caller.
+    """
+
+    def __init__(
+        self, d_in: int, d: int, *, layers: int = 2, heads: int = 4, ff: int = 256, dropout: float = 0.1,
+        kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be a positive odd number (same-length convolution), got {kernel}")
+        if d % heads != 0:
+            raise ValueError(f"model width d={d} must be divisible by the number of heads {heads}")
+        self.conv = nn.Conv1d(d_in, d, kernel_size=kernel, padding=kernel // 2)
+        layer = nn.TransformerEncoderLayer(d_model=d, nhead=heads, dim_feedforward=ff, dropout=dropout,
+                                           batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+        self.optim_group = "modality"
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        h = h + sinusoidal_positions(h.shape[1], h.shape[2], device=h.device).to(h.dtype)
+        return self.transformer(h, src_key_padding_mask=~mask)
+
+
+class FrameEncoder(nn.Module):
+    """Audio or vision of a Batch -> (states (B, L, d), mask (B, L)) via `ConvTransformerEncoder`."""
+
+    def __init__(self, modality: str, d_in: int, d: int, **kwargs: int | float) -> None:
+        super().__init__()
+        self.modality = modality
+        self.encoder = ConvTransformerEncoder(d_in, d, **kwargs)
+        self.optim_group = "modality"
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        x = getattr(batch, self.modality)
+        mask = step_mask(x, getattr(batch, f"{self.modality}_lengths"))
+        return self.encoder(x, mask), mask
+
+
+class TextTokenEncoder(nn.Module):
+    """Precomputed token features (B, L_t, d_t) -> Linear(d_t -> d) per token, with the text mask."""
+
+    def __init__(self, d_in: int, d: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_in, d)
+        self.optim_group = "modality"
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        return self.proj(batch.text), batch.text_mask()
+
+
+class TextTokenFinetuneEncoder(TextFinetuneEncoder):
+    """The backbone's fine-tuned local encoder, keeping every token: last layer -> Linear(hidden -> d).
+
+    Loading, the offline check and the ``text_encoder`` optimiser tag are the backbone's; only the
+    projection (per token, no pooling, no ReLU) differs.
+    """
+
+    def __init__(self, d: int, cfg: TextConfig) -> None:
+        super().__init__(d, cfg)
+        self.proj = nn.Linear(int(self.encoder.config.hidden_size), d)
+        self.optim_group = "modality"
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        ids = batch.text_ids
+        states = self.encoder(input_ids=ids[:, 0], attention_mask=ids[:, 1], token_type_ids=ids[:, 2])
+        return self.proj(states.last_hidden_state), batch.text_mask()
+
+
+def build_seq_encoder(
+    modality: str, spec: FeatureSpec, d: int, text: TextConfig, *, layers: int = 2, heads: int = 4, ff: int = 256,
+    dropout: float = 0.1, kernel: int = 3,
+) -> nn.Module:
+    """The §5.1 sequence encoder of one modality: ``module(batch) -> (states (B, L, d), mask (B, L))``.
+
+    Text uses precomputed features or the fine-tuned encoder as ``text.mode`` (``auto``: features
+    when the data has them) decides; audio / vision use the convolution + transformer encoder.
+    """
+    if modality not in spec.modalities:
+        raise ValueError(f"modality {modality!r} is not in the data (has {spec.modalities})")
+    if modality == "text":
+        if resolve_text_mode(spec, text) == "features":
+            return TextTokenEncoder(spec.dims["text"], d)
+        return TextTokenFinetuneEncoder(d, text)
+    return FrameEncoder(modality, spec.dims[modality], d, layers=layers, heads=heads, ff=ff, dropout=dropout,
+                        kernel=kernel)

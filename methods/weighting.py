@@ -1,0 +1,95 @@
+"""GMAE and inverse-probability weights (METHODS.md §3.3-§3.4), as small pure functions.
+
+GEAR (``methods.gear``) and the LfF / IPW-only ablation share these, so both train their biased
+branches with the same generalised MAE and weight the main loss with the same formula.
+
+* GMAE: with r = sg(|pred - y|), GMAE(pred, y) = w(r) * |pred - y| per sample, w(r) a detached
+  weight that decreases in r, so the biased branch concentrates on easy (bias-aligned) samples.
+* IPW: w_i = l_b,i / (l_b,i + sg(l_f,i) + 1e-8) with l_b,i the per-sample loss of the biased
+  branch(es), aggregated over modalities by mean (``avg``) or minimum (``min``); ``none`` gives 1.
+  A sample the biased branch fits well (small l_b) gets a small weight in the main loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GMAE_VARIANTS: tuple[str, ...] = ("tanh", "sigmoid", "exp", "cauchy", "none")
+WEIGHT_MODES: tuple[str, ...] = ("avg", "min", "none")
+GMAE_MIN_RESIDUAL = 1e-8  # r is clamped to this before r ** (-q) in the tanh variant
+IPW_EPS = 1e-8
+SMALL_WEIGHT = 0.1  # a weight below this counts as "down-weighted" in the diagnostics
+
+
+def check_gmae(variant: str, q: float) -> None:
+    """Raise a ValueError naming ``gmae`` / ``q`` when the pair is not usable."""
+    if variant not in GMAE_VARIANTS:
+        raise ValueError(f"gmae must be one of {GMAE_VARIANTS}, got {variant!r}")
+    if variant in ("tanh", "exp", "cauchy") and not float(q) > 0.0:
+        raise ValueError(f"q must be a float > 0 for gmae={variant!r}, got {q!r}")
+
+
+def check_weight_mode(mode: str) -> None:
+    """Raise a ValueError naming ``weight`` when ``mode`` is not avg, min or none."""
+    if mode not in WEIGHT_MODES:
+        raise ValueError(f"weight must be one of {WEIGHT_MODES}, got {mode!r}")
+
+
+def gmae_weight(residual: Tensor, variant: str = "tanh", q: float = 1.0) -> Tensor:
+    """The GMAE weight w(r) of METHODS.md §3.3 for absolute residuals ``r`` (detached here).
+
+    ``tanh``: tanh(r^-q), r clamped >= 1e-8; ``sigmoid``: 2 sigmoid(-r); ``exp``: exp(-r / q);
+    ``cauchy``: 1 / (1 + q^2 r^2); ``none``: 0 (the biased branch is not trained).
+    """
+    check_gmae(variant, q)
+    r = residual.detach()
+    q = float(q)
+    if variant == "tanh":
+        return torch.tanh(r.clamp_min(GMAE_MIN_RESIDUAL).pow(-q))
+    if variant == "sigmoid":
+        return 2.0 * torch.sigmoid(-r)
+    if variant == "exp":
+        return torch.exp(-r / q)
+    if variant == "cauchy":
+        return 1.0 / (1.0 + (q * r) ** 2)
+    return torch.zeros_like(r)
+
+
+def gmae(pred: Tensor, target: Tensor, variant: str = "tanh", q: float = 1.0) -> Tensor:
+    """Per-sample generalised MAE w(sg|pred - y|) * |pred - y|, shape of ``pred``."""
+    error = (pred - target).abs()
+    return gmae_weight(error, variant, q) * error
+
+
+def aggregate_bias_loss(losses: Tensor, mode: str = "avg") -> Tensor:
+    """Per-sample biased loss l_b from per-modality losses ``losses`` (M, B): mean (``avg``) or
+    minimum (``min``) over modalities; detached. ``none`` returns the mean (unused by the weight)."""
+    check_weight_mode(mode)
+    if losses.ndim != 2:
+        raise ValueError(f"losses must be (modalities, batch), got shape {tuple(losses.shape)}")
+    losses = losses.detach()
+    return losses.min(dim=0).values if mode == "min" else losses.mean(dim=0)
+
+
+def ipw_weight(bias_loss: Tensor, fused_loss: Tensor, mode: str = "avg") -> Tensor:
+    """w = l_b / (l_b + sg(l_f) + 1e-8) per sample (1 for ``mode=none``); a constant for autograd."""
+    check_weight_mode(mode)
+    if mode == "none":
+        return torch.ones_like(fused_loss).detach()
+    lb, lf = bias_loss.detach(), fused_loss.detach()
+    return lb / (lb + lf + IPW_EPS)
+
+
+def weight_summary(weights: Tensor) -> dict[str, Tensor]:
+    """Scalar summary of IPW weights for logging (the CSV logger has no histograms): mean, the
+    p10 / p50 / p90 quantiles and the fraction of weights below 0.1 (METHODS.md §8)."""
+    w = weights.detach().flatten().float()
+    quantiles = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9], dtype=w.dtype, device=w.device))
+    return {
+        "w_mean": w.mean(),
+        "w_p10": quantiles[0],
+        "w_p50": quantiles[1],
+        "w_p90": quantiles[2],
+        "w_frac_below_0.1": (w < SMALL_WEIGHT).float().mean(),
+    }
