@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 BENCH_ROOT ?= runs
 export WANDB_MODE ?= offline
 
-.PHONY: install bench check test test-all lint clean help
+.PHONY: install bench check splits perf test test-all lint clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,13 @@ bench:  ## the main job: every method x synthetic benchmark x 3 seeds (local poo
 
 check:  ## CI regression check of OOD accuracy against benchmarks/reference/ci.csv
 	$(BIN)/msabench check
+
+splits:  ## rebuild the committed mosi_utt OOD manifests and their reports
+	$(BIN)/msabench splits build dataset=mosi_utt --modality text audio vision tav --report
+
+perf:  ## printed speed / memory figures: split annealing, MMSA cache
+	$(PY) benchmarks/perf_annealing.py
+	$(PY) benchmarks/perf_cache.py --scale 0.1
 
 test:  ## fast tests (the README's test command; what CI runs)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not slow" -q

@@ -41,7 +41,7 @@ class TrainerConfig:
     devices: int = 1
     precision: str = "32-true"
     deterministic: bool = True
-    threads: int = 0
+    threads: int = 1
     limit_train_batches: float = 1.0
     progress_bar: bool = True
 
@@ -84,7 +84,17 @@ class JobConfig:
 
 # Keys that do not change what a job computes: excluded from its hash and run-folder name.
 # (trainer.threads is semantic: the CPU thread count changes floating-point reduction order.)
-NON_SEMANTIC = ("output", "logger", "wandb", "trainer.progress_bar")
+NON_SEMANTIC = (
+    "output",
+    "logger",
+    "wandb",
+    "trainer.progress_bar",
+    "source.threads",
+    "source.progress",
+    "source.cache",
+    "source.cache_dir",
+    "source.verify_hash",
+)
 FIXED_SECTIONS = (
     "label",
     "method",

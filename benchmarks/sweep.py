@@ -191,6 +191,13 @@ def _worker_job(overrides: tuple[str, ...], sweep_dir: str) -> tuple[str, str | 
 
 
 def _init_worker(gpu_queue: Any) -> None:
+    import warnings
+
+    import lightning  # noqa: F401 - it sets its loggers to INFO when imported: quiet them afterwards
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
 

@@ -8,6 +8,7 @@ generator's ground-truth sets) and from split manifests (id lists over the stand
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -75,6 +76,14 @@ def load_manifest(path: str | Path, test: SplitData, source_sha256: str | None, 
         if not allow_mismatch:
             raise DataError(msg + " (set data.allow_source_mismatch=true to use it anyway)")
         log.warning(msg)
+    want_ids = manifest.get("test_ids_sha256")
+    if want_ids:
+        have_ids = hashlib.sha256("\n".join(test.ids.tolist()).encode("utf-8")).hexdigest()
+        if have_ids != want_ids:
+            msg = f"{path}: test_ids_sha256 differs: the manifest was built on a different test split"
+            if not allow_mismatch:
+                raise DataError(msg + " (set data.allow_source_mismatch=true to use it anyway)")
+            log.warning(msg)
     ids = list(manifest["ids"])
     if len(set(ids)) != len(ids):
         raise DataError(f"{path}: key 'ids' has {len(ids) - len(set(ids))} duplicate ids")

@@ -141,6 +141,7 @@ class TextFinetuneEncoder(nn.Module):
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"backbone.text.pool must be cls or mean for finetune, got {cfg.pool!r}")
         self.encoder = _tag(AutoModel.from_pretrained(str(path), local_files_only=True), "text_encoder")
+        self.encoder.train()  # from_pretrained returns eval mode; fine-tuning uses the encoder's dropout
         hidden = int(self.encoder.config.hidden_size)
         self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(hidden, dim), nn.ReLU())
 

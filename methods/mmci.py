@@ -61,7 +61,8 @@ class MMCIConfig(MethodConfig):
     * ``edges``: ``dense`` | ``window`` (intra relations connect nodes at most ``window`` apart; inter stay dense).
     * ``relations``: ``pairs`` (own weights per ordered modality pair: 9 for t/a/v) | ``grouped`` (two weight
       sets, intra and inter, shared by their pairs; METHODS.md's "2").
-    * ``layers``: graph layers; beyond the first, causal and shortcut node states update separately.
+    * ``layers``: graph layers; beyond the first, causal and shortcut node states update separately,
+      h^c <- ReLU(LN(h^c + mean_r m^c)) (likewise h^s), and the attentions of later layers read (h^c + h^s) / 2.
     * ``readout``: ``concat`` (C in R^{R d}) | ``sum`` (C in R^d); ``combine``: ``add`` (C + W_s S) | ``concat``.
     * ``shortcut_loss``: ``const`` (regress f_s to the training-label mean) | ``kl_uniform`` (7-bin head, KL to
       uniform) | ``grl`` (f_s regresses y through gradient reversal scaled by ``grl_scale``).

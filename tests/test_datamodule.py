@@ -104,3 +104,15 @@ def test_text_mask_from_lengths_and_ids(bundle):
     np.testing.assert_array_equal(mask.sum(1).numpy(), bundle.train.text_lengths[:4])
     no_ids = Batch(label=b.label, index=b.index, text=b.text, text_lengths=b.text_lengths)
     assert torch.equal(no_ids.text_mask(), mask)
+
+
+def test_manifest_test_ids_hash_mismatch(bundle, tmp_path):
+    import hashlib
+
+    good = hashlib.sha256("\n".join(bundle.test.ids.tolist()).encode()).hexdigest()
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"name": "x", "ids": bundle.test.ids[:2].tolist(), "test_ids_sha256": good}))
+    assert "x" in MSADataModule(bundle, manifests=[path]).test_set_names
+    path.write_text(json.dumps({"name": "x", "ids": bundle.test.ids[:2].tolist(), "test_ids_sha256": "0" * 64}))
+    with pytest.raises(DataError, match="test_ids_sha256"):
+        MSADataModule(bundle, manifests=[path])
