@@ -47,7 +47,8 @@ def test_job_hashes_are_stable_and_change_with_the_config(tmp_path):
     assert len({j.run_dir for j in a}) == 4
     changed = expand(load_sweep(path, ["overrides=[trainer.max_epochs=3]"]))
     assert not {j.run_dir for j in a} & {j.run_dir for j in changed}
-    variant = expand(load_sweep(path, ["variants={bl_small: {method: baseline, overrides: [baseline.backbone.dim=8]}}"]))
+    small = "variants={bl_small: {method: baseline, overrides: [baseline.backbone.dim=8]}}"
+    variant = expand(load_sweep(path, [small]))
     labels = {j.label for j in variant}
     assert labels == {"baseline", "bl_small"}
     assert all(j.run_dir.name.startswith(j.label + "-") for j in variant)
