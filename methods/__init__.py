@@ -8,14 +8,20 @@ from __future__ import annotations
 from methods.base import MethodConfig, MSAMethod
 from methods.baseline import Baseline
 from methods.camib import CaMIB
+from methods.clue import Clue
 from methods.gear import Gear
+from methods.lff import LfF
 from methods.mmci import MMCI
+from methods.rubi import Rubi
 
 METHODS: dict[str, type[MSAMethod]] = {
     "baseline": Baseline,
     "gear": Gear,
     "mmci": MMCI,
     "camib": CaMIB,
+    "clue": Clue,
+    "lff": LfF,
+    "rubi": Rubi,
 }
 
 

@@ -204,6 +204,18 @@ def modality_head(cfg: BackboneConfig, d_in: int | None = None) -> nn.Module:
     return _tag(nn.Sequential(nn.Linear(d_in, cfg.dim), nn.ReLU()), "modality")
 
 
+def mlp_head(dim: int) -> nn.Module:
+    """A bias-only scalar head Linear(dim -> dim) -> ReLU -> Linear(dim -> 1) (CLUE's and RUBi's
+    text branch), in the ``modality`` optimiser group; returns (B, 1)."""
+    return _tag(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1)), "modality")
+
+
+def require_modality(spec: FeatureSpec, modality: str, method: str) -> None:
+    """Raise a ValueError naming ``method`` when the data lacks ``modality``."""
+    if modality not in spec.modalities:
+        raise ValueError(f"{method} needs the {modality} modality; the data has {list(spec.modalities)}")
+
+
 class Fusion(nn.Module):
     """Modality vectors as a sequence (t, a, v order) -> TransformerEncoder (post-norm, no positional
     encoding) -> flatten -> Linear -> Dropout -> ReLU -> Linear -> (B,)."""

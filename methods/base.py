@@ -89,6 +89,17 @@ class MSAMethod(L.LightningModule):
         """Extra heads to monitor on valid (name -> (B,) predictions); none by default."""
         return {}
 
+    def select_on_valid(
+        self, pred: np.ndarray, label: np.ndarray, heads: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Hook for a choice made on the IID valid split together with the epoch (CLUE's alpha).
+
+        Gets this epoch's valid predictions, labels and ``predict_heads`` outputs; returns the
+        prediction to score (and select the epoch on) plus extra scalars logged as ``val/<key>``
+        and kept in ``valid_history``. A method storing its choice in a buffer has it restored with
+        the selected epoch's weights. Default: ``pred`` unchanged, nothing extra."""
+        return pred, {}
+
     def configure_selection(self, key: str) -> None:
         """Set the selection key (``mae`` or ``acc2_mean``) read by validation logging."""
         if key not in SELECTION_MODES:
@@ -139,6 +150,11 @@ class MSAMethod(L.LightningModule):
             return
         pred = torch.cat([p for p, _, _ in self._valid_buffer]).double().numpy()
         label = torch.cat([y for _, y, _ in self._valid_buffer]).double().numpy()
+        heads = {
+            head: torch.cat([h[head] for _, _, h in self._valid_buffer]).double().numpy()
+            for head in self._valid_buffer[0][2]
+        }
+        pred, extra = self.select_on_valid(pred, label, heads)
         metrics = msa_metrics(pred, label, decimals=None)
         logged = {
             "val/MAE": metrics["MAE"],
@@ -148,9 +164,9 @@ class MSAMethod(L.LightningModule):
             "val/Corr": metrics["Corr"],
             "val/select": selection_value(metrics, self.selection_key),
         }
-        for head in self._valid_buffer[0][2]:
-            head_pred = torch.cat([h[head] for _, _, h in self._valid_buffer]).double().numpy()
+        for head, head_pred in heads.items():
             logged[f"val/{head}_MAE"] = float(np.mean(np.abs(head_pred - label)))
+        logged.update({f"val/{key}": float(value) for key, value in extra.items()})
         self.log_dict(logged, on_step=False, on_epoch=True)
         self.valid_history.append({"epoch": int(self.current_epoch), **{k[4:]: v for k, v in logged.items()}})
         self._valid_buffer = []

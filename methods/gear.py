@@ -28,7 +28,15 @@ from torch import Tensor, nn
 from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import Fusion, build_encoder
 from methods.base import MethodConfig, MSAMethod
-from methods.weighting import aggregate_bias_loss, check_gmae, check_weight_mode, gmae, ipw_weight, weight_summary
+from methods.weighting import (
+    WeightDiagnostics,
+    aggregate_bias_loss,
+    biased_branch_losses,
+    check_gmae,
+    check_weight_mode,
+    gmae,
+    ipw_weight,
+)
 
 
 @dataclass
@@ -90,7 +98,7 @@ def _check(cfg: GearConfig) -> None:
         raise ValueError(f"swap_dim must be >= 1, got {cfg.swap_dim}")
 
 
-class Gear(MSAMethod):
+class Gear(WeightDiagnostics, MSAMethod):
     """GEAR: robust/biased extractors per modality, swap augmentation, GMAE biased branch, IPW."""
 
     config_class = GearConfig
@@ -111,7 +119,6 @@ class Gear(MSAMethod):
         self.fusion = Fusion(len(self.modalities), cfg.backbone)
         self.swap_seed: int | None = None
         self.swap_generator: torch.Generator | None = None
-        self._epoch_weights: list[Tensor] = []
 
     def robust_modules(self) -> list[nn.Module]:
         """E_c, phi_c and F: trained only by the weighted fused loss."""
@@ -168,11 +175,8 @@ class Gear(MSAMethod):
         cfg, y = self.cfg, batch.label
         hc, hb = self.encode(batch)
         plain_error = (self.fusion([self.robust_feature(m, hc[m], hb[m]) for m in self.modalities]) - y).abs()
-        bias_errors, bias_losses = {}, {}
-        for m in self.modalities:
-            pred = self.biased_prediction(m, hc[m], hb[m])
-            bias_errors[m] = (pred - y).abs().detach()
-            bias_losses[m] = cfg.lambda_dis * gmae(pred, y, cfg.gmae, cfg.q).mean()
+        preds = {m: self.biased_prediction(m, hc[m], hb[m]) for m in self.modalities}
+        bias_errors, bias_losses = biased_branch_losses(preds, y, cfg.gmae, cfg.q, cfg.lambda_dis)
         fused_error, fused_swap_error = plain_error, None
         permutations: dict[str, Tensor] = {}
         swap_targets: dict[str, Tensor] = {}
@@ -212,34 +216,14 @@ class Gear(MSAMethod):
         mean(l_f), ``fused_plain`` mean|F(f_c) - y| (un-swapped), ``w_mean``, ``w_frac_below_0.1`` and
         ``swap_active``; per step ``w_p10`` / ``w_p50`` / ``w_p90`` (exact epoch values: ``w_p*_epoch``)."""
         out = self.compute_losses(batch, self.swap_active())
-        self._epoch_weights.append(out.weights.detach().cpu())
-        summary = weight_summary(out.weights)
-        both = {
+        values = {
             "loss": out.loss,
             "fused_weighted": out.weighted_fused,
             "fused_unweighted": out.fused_error.mean(),
             "fused_plain": out.plain_error.mean(),
-            "w_mean": summary["w_mean"],
-            "w_frac_below_0.1": summary["w_frac_below_0.1"],
             "swap_active": float(out.swap),
             **{f"Lb_{m}": value for m, value in out.bias_losses.items()},
             **{f"bias_mae_{m}": err.mean() for m, err in out.bias_errors.items()},
         }
-        for key, value in both.items():
-            value = value.detach() if isinstance(value, Tensor) else value
-            self.log(f"train/{key}", value, on_step=True, on_epoch=True, batch_size=len(batch))
-        for key in ("w_p10", "w_p50", "w_p90"):
-            self.log(f"train/{key}", summary[key], on_step=True, on_epoch=False, batch_size=len(batch))
+        self.log_weighting(values, out.weights, len(batch))
         return out.loss
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_weights = []
-
-    def on_train_epoch_end(self) -> None:
-        """Exact quantiles of every IPW weight of the epoch (the per-epoch histogram summary)."""
-        if not self._epoch_weights:
-            return
-        summary = weight_summary(torch.cat(self._epoch_weights))
-        for key in ("w_p10", "w_p50", "w_p90"):
-            self.log(f"train/{key}_epoch", summary[key], on_step=False, on_epoch=True)
-        self._epoch_weights = []

@@ -8,9 +8,14 @@ branches with the same generalised MAE and weight the main loss with the same fo
 * IPW: w_i = l_b,i / (l_b,i + sg(l_f,i) + 1e-8) with l_b,i the per-sample loss of the biased
   branch(es), aggregated over modalities by mean (``avg``) or minimum (``min``); ``none`` gives 1.
   A sample the biased branch fits well (small l_b) gets a small weight in the main loss.
+
+`WeightDiagnostics` is the logging both methods share (METHODS.md §8): weight summaries per step
+and exact weight quantiles per epoch.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,6 +67,16 @@ def gmae(pred: Tensor, target: Tensor, variant: str = "tanh", q: float = 1.0) ->
     return gmae_weight(error, variant, q) * error
 
 
+def biased_branch_losses(
+    preds: dict[str, Tensor], target: Tensor, variant: str, q: float, scale: float
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-modality biased-branch terms: the detached per-sample errors |pred - y| (what IPW reads)
+    and the training losses ``scale`` * mean GMAE (what trains each branch)."""
+    errors = {m: (pred - target).abs().detach() for m, pred in preds.items()}
+    losses = {m: scale * gmae(pred, target, variant, q).mean() for m, pred in preds.items()}
+    return errors, losses
+
+
 def aggregate_bias_loss(losses: Tensor, mode: str = "avg") -> Tensor:
     """Per-sample biased loss l_b from per-modality losses ``losses`` (M, B): mean (``avg``) or
     minimum (``min``) over modalities; detached. ``none`` returns the mean (unused by the weight)."""
@@ -93,3 +108,40 @@ def weight_summary(weights: Tensor) -> dict[str, Tensor]:
         "w_p90": quantiles[2],
         "w_frac_below_0.1": (w < SMALL_WEIGHT).float().mean(),
     }
+
+
+class WeightDiagnostics:
+    """Mixin for a LightningModule that weights its loss with IPW weights (GEAR, LfF).
+
+    ``log_weighting(values, weights, batch_size)`` logs ``values`` plus ``w_mean`` and
+    ``w_frac_below_0.1`` under ``train/`` per step and as epoch means, and ``w_p10`` / ``w_p50`` /
+    ``w_p90`` per step; at each epoch end the exact quantiles of every weight of the epoch are
+    logged as ``train/w_p*_epoch`` (the CSV logger has no histograms)."""
+
+    _epoch_weights: list[Tensor]
+    log: Any
+
+    def log_weighting(self, values: dict[str, Tensor | float], weights: Tensor, batch_size: int) -> None:
+        if not hasattr(self, "_epoch_weights"):
+            self._epoch_weights = []
+        self._epoch_weights.append(weights.detach().cpu())
+        summary = weight_summary(weights)
+        both = {**values, "w_mean": summary["w_mean"], "w_frac_below_0.1": summary["w_frac_below_0.1"]}
+        for key, value in both.items():
+            value = value.detach() if isinstance(value, Tensor) else value
+            self.log(f"train/{key}", value, on_step=True, on_epoch=True, batch_size=batch_size)
+        for key in ("w_p10", "w_p50", "w_p90"):
+            self.log(f"train/{key}", summary[key], on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_weights = []
+
+    def on_train_epoch_end(self) -> None:
+        """Exact quantiles of every IPW weight of the epoch (the per-epoch histogram summary)."""
+        weights = getattr(self, "_epoch_weights", [])
+        if not weights:
+            return
+        summary = weight_summary(torch.cat(weights))
+        for key in ("w_p10", "w_p50", "w_p90"):
+            self.log(f"train/{key}_epoch", summary[key], on_step=False, on_epoch=True)
+        self._epoch_weights = []
