@@ -164,3 +164,17 @@ def test_check_fails_on_a_planted_regression_and_passes_on_the_reference():
     assert compare(within, reference)[0] == []
     _, missing = compare(reference, reference.iloc[1:])
     assert len(missing) == 1
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_committed_sweep_expands_to_registered_methods(path):
+    from methods import METHODS
+
+    sweep = load_sweep(path)
+    assert sweep.name == path.stem, f"{path}: name must match the file name"
+    jobs = expand(sweep)
+    assert jobs and all(job.method in METHODS for job in jobs)
+    for label, variant in sweep.variants.items():
+        rows = [job for job in jobs if job.label == label]
+        assert len(rows) == len(sweep.seeds) * len(sweep.datasets), label
+        assert {job.method for job in rows} == {variant.method}, label
