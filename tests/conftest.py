@@ -10,7 +10,12 @@ import pytest
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from datamodules.synthetic import SyntheticConfig  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datamodules.schema import Batch, FeatureSpec  # noqa: E402
+from datamodules.synthetic import SyntheticConfig, generate  # noqa: E402
+from methods.backbone import FusionConfig  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("MSABENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -29,6 +34,17 @@ def tiny_synthetic(**overrides) -> SyntheticConfig:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def tiny_method(method_cls, modalities=None, n_batch: int = 16, **fields):
+    """A method built (seed 0) on tiny synthetic data with a small fusion FF, and a training batch
+    of ``n_batch`` samples; ``fields`` go to the method's config dataclass."""
+    torch.manual_seed(0)
+    bundle = generate(tiny_synthetic(**({"modalities": modalities} if modalities else {})))
+    cfg = method_cls.config_class(**fields)
+    cfg.backbone.fusion = FusionConfig(ff=64)
+    method = method_cls(FeatureSpec.from_split(bundle.train), cfg)
+    return method, Batch.from_split(bundle.train, np.arange(n_batch))
 
 
 @pytest.fixture

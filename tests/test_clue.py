@@ -14,20 +14,15 @@ import torch
 from benchmarks.config import build_config
 from benchmarks.run import run_job
 from datamodules.datamodule import MSADataModule
-from datamodules.schema import Batch, FeatureSpec
 from datamodules.synthetic import generate
 from methods.backbone import FusionConfig
 from methods.clue import Clue, ClueConfig
 from methods.metrics import msa_metrics
-from tests.conftest import TINY_JOB, tiny_synthetic
+from tests.conftest import TINY_JOB, tiny_method, tiny_synthetic
 
 
-def _method(modalities=None, **fields) -> tuple[Clue, Batch]:
-    torch.manual_seed(0)
-    bundle = generate(tiny_synthetic(**({"modalities": modalities} if modalities else {})))
-    cfg = ClueConfig(**fields)
-    cfg.backbone.fusion = FusionConfig(ff=64)
-    return Clue(FeatureSpec.from_split(bundle.train), cfg), Batch.from_split(bundle.train, np.arange(16))
+def _method(modalities=None, **fields):
+    return tiny_method(Clue, modalities, **fields)
 
 
 def _grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:

@@ -11,20 +11,14 @@ import torch
 
 from benchmarks.config import build_config
 from benchmarks.run import run_job
-from datamodules.schema import Batch, FeatureSpec
-from datamodules.synthetic import generate
 from methods import weighting
-from methods.backbone import FusionConfig, LFTFBackbone
+from methods.backbone import LFTFBackbone
 from methods.lff import LfF, LfFConfig, SampleEMA, label_bins
-from tests.conftest import TINY_JOB, tiny_synthetic
+from tests.conftest import TINY_JOB, tiny_method
 
 
-def _method(**fields) -> tuple[LfF, Batch]:
-    torch.manual_seed(0)
-    bundle = generate(tiny_synthetic())
-    cfg = LfFConfig(**fields)
-    cfg.backbone.fusion = FusionConfig(ff=64)
-    return LfF(FeatureSpec.from_split(bundle.train), cfg), Batch.from_split(bundle.train, np.arange(16))
+def _method(**fields):
+    return tiny_method(LfF, **fields)
 
 
 def _nonzero(loss: torch.Tensor, modules: list[torch.nn.Module]) -> int:

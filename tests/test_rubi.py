@@ -11,19 +11,12 @@ import torch
 
 from benchmarks.config import build_config
 from benchmarks.run import run_job
-from datamodules.schema import Batch, FeatureSpec
-from datamodules.synthetic import generate
-from methods.backbone import FusionConfig
 from methods.rubi import Rubi, RubiConfig
-from tests.conftest import TINY_JOB, tiny_synthetic
+from tests.conftest import TINY_JOB, tiny_method
 
 
-def _method(modalities=None, **fields) -> tuple[Rubi, Batch]:
-    torch.manual_seed(0)
-    bundle = generate(tiny_synthetic(**({"modalities": modalities} if modalities else {})))
-    cfg = RubiConfig(**fields)
-    cfg.backbone.fusion = FusionConfig(ff=64)
-    return Rubi(FeatureSpec.from_split(bundle.train), cfg), Batch.from_split(bundle.train, np.arange(16))
+def _method(modalities=None, **fields):
+    return tiny_method(Rubi, modalities, **fields)
 
 
 def _nonzero(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> int:
