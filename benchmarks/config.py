@@ -29,6 +29,9 @@ class DataConfig:
     manifests: list[str] = field(default_factory=list)
     allow_source_mismatch: bool = False
     preset: bool = True
+    # Fraction of training labels replaced by labels drawn at random from the training labels (seeded by the
+    # job's seed). 0 = off. A planted regression for the CI check's power test, not a benchmark setting.
+    train_label_noise: float = 0.0
 
 
 @dataclass
@@ -95,6 +98,9 @@ NON_SEMANTIC = (
     "source.cache_dir",
     "source.verify_hash",
 )
+# Knobs added after run folders existed, with the default that reproduces the earlier behaviour: left out of the
+# hash while they hold that default, so adding a knob does not move every existing run folder.
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"data.train_label_noise": 0.0, "source.scenario": "independent"}
 FIXED_SECTIONS = (
     "label",
     "method",
@@ -170,15 +176,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _parent(plain: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    """The dict holding dotted ``key`` inside ``plain`` (an empty one when a level is missing) and the leaf name."""
+    node, _, leaf = key.rpartition(".")
+    holder = plain
+    for part in filter(None, node.split(".")):
+        holder = holder.get(part, {})
+    return holder, leaf
+
+
 def config_hash(cfg: DictConfig) -> str:
     """SHA-256 (12 hex) of the semantic part of a resolved config: same job -> same hash."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in NON_SEMANTIC:
-        node, _, leaf = key.rpartition(".")
-        holder = plain
-        for part in filter(None, node.split(".")):
-            holder = holder.get(part, {})
+        holder, leaf = _parent(plain, key)
         holder.pop(leaf, None)
+    for key, default in HASH_NEUTRAL_DEFAULTS.items():
+        holder, leaf = _parent(plain, key)
+        if leaf in holder and holder[leaf] == default:
+            holder.pop(leaf)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:12]
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "leaderboard_markdown",
     "load_run",
     "log_to_wandb",
+    "per_seed_table",
     "row_label",
     "write_leaderboard",
 ]
@@ -334,6 +335,49 @@ def build_leaderboard(
         duplicate_runs=[str(p) for p in duplicates],
     )
     return df
+
+
+PER_SEED_COLUMNS: tuple[str, ...] = ("label", "method", "dataset", "seed", "set", "metric", "value")
+
+
+def per_seed_table(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    runs: Sequence[str | os.PathLike[str]] | None = None,
+    metric: str = DEFAULT_PLOT_METRIC,
+    recompute: bool = False,
+) -> pd.DataFrame:
+    """One row per (label, dataset, seed, set) over the complete runs below ``root`` (or the run folders
+    ``runs``, each of which must be complete): the run's ``metric`` x100 on every test set, plus ``ood_avg`` (that
+    seed's mean over its OOD sets) where it exists.
+
+    The long form the leaderboard aggregates and the CI check tests; same loading rules as
+    :func:`build_leaderboard` (identical duplicates once, conflicting ones raise)."""
+    if metric not in METRIC_KEYS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRIC_KEYS)}")
+    if (root is None) == (runs is None):
+        raise ValueError("per_seed_table takes a run root or a list of run folders, not both")
+    if runs is not None:
+        complete = [Path(r) for r in runs]
+        unfinished = [r for r in complete if not (r / "done").is_file() or not (r / "result.json").is_file()]
+        if unfinished:
+            raise ValueError(f"run folder {unfinished[0]} is not complete (no 'done' or no 'result.json')")
+    else:
+        complete, incomplete = find_runs(root)
+        if incomplete:
+            log.warning("%d incomplete run folder(s) (no 'done') ignored below %s", len(incomplete), root)
+    groups, _ = _load_unique(complete, recompute)
+    records = []
+    for (label, dataset), runs in sorted(groups.items()):
+        for seed in sorted(runs):
+            result = runs[seed]
+            values = {name: _value(result["metrics"][name][metric]) for name in result["test_sets"]}
+            per_seed = _per_seed_ood(result)
+            if per_seed is not None:
+                values[OOD_AVG] = per_seed[1][metric]
+            method = str(result["method"])
+            records += [(label, method, dataset, seed, name, metric, 100.0 * v) for name, v in values.items()]
+    return pd.DataFrame.from_records(records, columns=list(PER_SEED_COLUMNS))
 
 
 def _test_sets_of(df: pd.DataFrame) -> list[str]:

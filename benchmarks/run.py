@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.config import config_hash, run_dir_for, to_object
+from benchmarks.environment import environment, git_commit, library_versions
 from datamodules import get_dataset
 from datamodules.datamodule import MSADataModule
 from methods import get_method
@@ -62,39 +61,6 @@ class BestState(Callback):
         if self.state is None:
             raise RuntimeError("no validation epoch finished: nothing to select (check trainer.max_epochs)")
         pl_module.load_state_dict(self.state)
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    import lightning
-    import omegaconf
-    import sklearn
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "scikit-learn": sklearn.__version__,
-        "omegaconf": omegaconf.__version__,
-    }
 
 
 def _prepare_dir(run_dir: Path, overwrite: bool) -> None:
@@ -166,6 +132,7 @@ def build_datamodule(cfg: DictConfig) -> MSADataModule:
         modalities=list(cfg.data.modalities) if cfg.data.modalities else None,
         manifests=list(cfg.data.manifests),
         allow_source_mismatch=cfg.data.allow_source_mismatch,
+        train_label_noise=cfg.data.train_label_noise,
     )
 
 
@@ -243,8 +210,9 @@ def run_job(cfg: DictConfig) -> Path:
         "test_sets": dm.test_set_names,
         "metrics": {name: method.test_metrics[name] for name in dm.test_set_names},
         "n_samples": {name: int(len(method.test_outputs[name]["index"])) for name in dm.test_set_names},
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "versions": library_versions(),
+        "environment": environment(torch.get_num_threads()),
+        "git_commit": git_commit(),
         "torch_threads": torch.get_num_threads(),
         "wall_time_s": round(time.time() - start, 2),
     }

@@ -66,6 +66,17 @@ class SlurmConfig:
 
 
 @dataclass
+class CheckConfig:
+    """The CI regression check's statistics (``msabench check``; see benchmarks/check.py): the reference is
+    this sweep run with ``reference_seeds``, the check runs it with the sweep's ``seeds``."""
+
+    reference_seeds: list[int] = field(default_factory=list)
+    alpha: float = 0.05
+    min_reference_seeds: int = 8
+    min_std: float = 0.5
+
+
+@dataclass
 class SweepConfig:
     """A named sweep; see ``benchmarks/sweeps/*.yaml``."""
 
@@ -81,6 +92,7 @@ class SweepConfig:
     dataset_overrides: dict[str, list[str]] = field(default_factory=dict)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ generator's ground-truth sets) and from split manifests (id lists over the stand
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -94,6 +95,18 @@ def load_manifest(path: str | Path, test: SplitData, source_sha256: str | None, 
     return str(manifest["name"]), np.array([position[i] for i in ids], dtype=np.int64)
 
 
+def with_label_noise(split: SplitData, fraction: float, seed: int) -> SplitData:
+    """A copy of ``split`` whose labels are, for ``round(fraction * N)`` samples chosen at random, replaced by
+    labels drawn with replacement from the split's own labels (the label distribution is kept, the signal of
+    those samples is gone). Seeded by ``seed``; used to plant a regression for the CI check's power test."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3003]))
+    n = len(split)
+    noisy = rng.choice(n, size=int(round(fraction * n)), replace=False)
+    label = split.label.copy()
+    label[noisy] = rng.choice(split.label, size=noisy.size, replace=True)
+    return dataclasses.replace(split, label=label)
+
+
 class MSADataModule(L.LightningDataModule):
     """Batches for one dataset bundle.
 
@@ -111,10 +124,13 @@ class MSADataModule(L.LightningDataModule):
         modalities: Sequence[str] | None = None,
         manifests: Sequence[str | Path] = (),
         allow_source_mismatch: bool = False,
+        train_label_noise: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
+        if not 0.0 <= train_label_noise <= 1.0:
+            raise ValueError(f"data.train_label_noise must lie in [0, 1], got {train_label_noise}")
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         keep = tuple(modalities) if modalities else bundle.train.modalities
 
@@ -122,6 +138,8 @@ class MSADataModule(L.LightningDataModule):
             return split.drop_modalities(keep)
 
         self.train_split, self.valid_split = restrict(bundle.train), restrict(bundle.valid)
+        if train_label_noise > 0:
+            self.train_split = with_label_noise(self.train_split, train_label_noise, seed)
         tests: dict[str, SplitData] = {"test": restrict(bundle.test)}
         for name, split in bundle.extra_tests.items():
             tests[name] = restrict(split)

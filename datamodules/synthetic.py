@@ -98,9 +98,17 @@ class SyntheticConfig:
     ood_mode: str = "random"
     clips_per_video: int = 24
     embedding_noise: float = 0.0
+    # How the shortcut signs are drawn (see SCENARIOS). ``independent``: z_m drawn per modality (the design every
+    # earlier run folder used).
+    scenario: str = "independent"
+
+
+SCENARIOS = ("independent",)
 
 
 def _check_config(cfg: SyntheticConfig) -> None:
+    if cfg.scenario not in SCENARIOS:
+        raise ValueError(f"synthetic.scenario must be one of {list(SCENARIOS)}, got {cfg.scenario!r}")
     if not 0.0 <= cfg.bias <= 1.0:
         raise ValueError(f"synthetic.bias must lie in [0, 1], got {cfg.bias}")
     if cfg.ood_mode not in ("random", "reversed"):

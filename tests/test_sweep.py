@@ -1,4 +1,4 @@
-"""Sweeps: stable job hashes, resumability after SIGKILL, worker limits, W&B modes, the CI check."""
+"""Sweeps: stable job hashes, resumability after SIGKILL, worker limits, W&B modes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks.check import compare, reference_table
 from benchmarks.config import build_config
 from benchmarks.leaderboard import build_leaderboard
 from benchmarks.run import run_job
@@ -144,26 +143,6 @@ def test_wandb_init_failure_leaves_the_job_done(tmp_path, monkeypatch):
     cfg = build_config([*TINY_JOB, f"output.root={tmp_path}", "trainer.max_epochs=1", "logger=[csv,wandb]"])
     run_dir = run_job(cfg)
     assert (run_dir / "done").is_file()
-
-
-def test_check_fails_on_a_planted_regression_and_passes_on_the_reference():
-    board = build_leaderboard(ROOT / "tests" / "fixtures" / "runs")
-    reference = reference_table(board)
-    assert len(reference) > 0 and "test" not in set(reference["set"])
-    regressions, missing = compare(reference, reference)
-    assert regressions == [] and missing == []
-    planted = reference.copy()
-    planted.loc[0, "mean"] = planted.loc[0, "mean"] + max(2 * planted.loc[0, "std"], 1.0) + 0.5
-    regressions, _ = compare(planted, reference)
-    assert len(regressions) == 1
-    message = str(regressions[0])
-    for part in (planted.loc[0, "label"], planted.loc[0, "dataset"], planted.loc[0, "set"], "Non0_acc_2"):
-        assert str(part) in message
-    within = reference.copy()
-    within.loc[0, "mean"] = within.loc[0, "mean"] + max(2 * within.loc[0, "std"], 1.0) - 0.01
-    assert compare(within, reference)[0] == []
-    _, missing = compare(reference, reference.iloc[1:])
-    assert len(missing) == 1
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
