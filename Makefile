@@ -23,7 +23,7 @@ bench:  ## the main job: every method x synthetic benchmark x 3 seeds (local poo
 	$(BIN)/msabench sweep launch default root=$(BENCH_ROOT)
 	$(BIN)/msabench leaderboard $(BENCH_ROOT)/default
 
-check:  ## CI regression check of OOD accuracy against benchmarks/reference/ci.csv
+check:  ## CI regression check: calibrated test of OOD accuracy against benchmarks/reference/ci.csv
 	$(BIN)/msabench check
 
 splits:  ## rebuild the committed mosi_utt OOD manifests and their reports
