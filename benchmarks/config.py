@@ -75,6 +75,9 @@ class JobConfig:
     dataset: str = "synthetic"
     seed: int = 1111
     label: str = ""
+    # Leaderboard kind of this job's row: "" = the method's own (MSAMethod.kind), else method | reference | oracle
+    # (e.g. a ceiling row that is the baseline trained on unbiased data is the baseline method with kind reference).
+    kind: str = ""
     model: Any = None
     source: Any = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -100,9 +103,15 @@ NON_SEMANTIC = (
 )
 # Knobs added after run folders existed, with the default that reproduces the earlier behaviour: left out of the
 # hash while they hold that default, so adding a knob does not move every existing run folder.
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"data.train_label_noise": 0.0, "source.scenario": "independent"}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "data.train_label_noise": 0.0,
+    "source.scenario": "independent",
+    "kind": "",
+}
+KINDS = ("method", "reference", "oracle")
 FIXED_SECTIONS = (
     "label",
+    "kind",
     "method",
     "dataset",
     "seed",
@@ -161,6 +170,8 @@ def build_config(overrides: list[str] | None = None, base: dict[str, Any] | None
             OmegaConf.update(preset, f"model.{key}", value, force_add=True)
     cfg = OmegaConf.merge(schema, preset, user)
     OmegaConf.resolve(cfg)
+    if cfg.kind not in ("", *KINDS):
+        raise ValueError(f"kind must be one of {list(KINDS)} (or empty for the method's own), got {cfg.kind!r}")
     return cfg
 
 

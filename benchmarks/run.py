@@ -199,6 +199,7 @@ def run_job(cfg: DictConfig) -> Path:
     result = {
         "method": cfg.method,
         "label": cfg.label or cfg.method,
+        "kind": cfg.kind or type(method).kind,
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
         "sweep": cfg.output.sweep,

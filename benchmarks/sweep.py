@@ -38,6 +38,7 @@ class VariantConfig:
 
     method: str = "baseline"
     overrides: list[str] = field(default_factory=list)
+    kind: str = ""  # leaderboard kind of the row ("" = the method's own): method | reference | oracle
 
 
 @dataclass
@@ -122,7 +123,8 @@ def expand(sweep: SweepConfig) -> list[Job]:
     """The sweep's grid as jobs (dataset, then row, then seed order), each with its run folder."""
     methods = list(METHODS) if sweep.methods == ["all"] else list(sweep.methods)
     rows: list[tuple[str, str, list[str]]] = [(m, m, []) for m in methods]
-    rows += [(label, v.method, list(v.overrides)) for label, v in sweep.variants.items()]
+    for label, v in sweep.variants.items():
+        rows.append((label, v.method, [*([f"kind={v.kind}"] if v.kind else []), *v.overrides]))
     jobs = []
     for dataset in sweep.datasets:
         for label, method, variant_overrides in rows:

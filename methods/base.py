@@ -65,6 +65,9 @@ class MSAMethod(L.LightningModule):
     """Base LightningModule of every method; see the module docstring for the contract."""
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # Leaderboard kind of the method's row (METHODS §10): ``method`` (ranked), ``reference`` (what is possible,
+    # e.g. a ceiling) or ``oracle`` (uses information a real dataset does not have); never ranked as methods.
+    kind: ClassVar[str] = "method"
 
     def __init__(self, dims: FeatureSpec, cfg: MethodConfig) -> None:
         super().__init__()
