@@ -211,19 +211,21 @@ def _t_test(
     return diff, pooled, t, stats.t.cdf(t, df)
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, settings: TestSettings = TestSettings()) -> pd.DataFrame:
+def compare(
+    reference: pd.DataFrame, current: pd.DataFrame, settings: TestSettings = TestSettings(), source: str = ""
+) -> pd.DataFrame:
     """One row per reference cell: the test of ``current`` (long per-seed values) against ``reference``.
 
     Columns: the cell, ``n_ref``, ``n_cur``, ``ref_mean``, ``cur_mean``, ``diff`` (current - reference, points),
     ``pooled_std``, ``effect`` (diff / pooled std), ``t``, ``df``, ``p`` (one-sided), ``p_holm`` and ``alarm``
     (``p_holm < alpha``). A reference cell without current values raises, naming the cell; current cells the
-    reference lacks are ignored (a new method has no reference yet)."""
+    reference lacks are ignored (a new method has no reference yet). ``source`` names the reference in errors."""
     ref, cur = _moments(reference), _moments(current)
     missing = ref.index.difference(cur.index)
     if len(missing):
         names = "; ".join(cell_name(*key) for key in missing[:5])
         raise ReferenceError(
-            f"{len(missing)} reference cell(s) have no current runs: {names}"
+            f"{len(missing)} cell(s) of the reference {source or ''} have no current runs: {names}"
             + (" ..." if len(missing) > 5 else "")
         )
     cur = cur.loc[ref.index]

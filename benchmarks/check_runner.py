@@ -36,11 +36,13 @@ from benchmarks.leaderboard import per_seed_table
 from benchmarks.sweep import SweepConfig, expand, launch
 
 Printer = Callable[[str], None]
-FINGERPRINT_EXCLUDES = ("seeds", "root", "launcher", "slurm", "check")
+# Not part of what a cell means: which rows and seeds run, where, how, and the test's own settings. A method added to
+# or removed from ``methods`` adds cells without a reference (ignored) or removes reference cells (an error).
+FINGERPRINT_EXCLUDES = ("seeds", "methods", "root", "launcher", "slurm", "check")
 
 
 def sweep_fingerprint(sweep: SweepConfig) -> str:
-    """SHA-256 (16 hex) of everything in the sweep that changes what its jobs compute, except the seeds."""
+    """SHA-256 (16 hex) of everything in the sweep that changes what a cell means (see FINGERPRINT_EXCLUDES)."""
     plain = OmegaConf.to_container(OmegaConf.structured(sweep), resolve=True)
     for key in FINGERPRINT_EXCLUDES:
         plain.pop(key, None)
@@ -162,10 +164,10 @@ def _independent(current: pd.DataFrame, reference: pd.DataFrame, say: Printer) -
 
 
 def test_cells(reference: pd.DataFrame, current: pd.DataFrame, settings: ck.TestSettings, datasets: list[str],
-               say: Printer) -> pd.DataFrame:
+               say: Printer, source: Path | str = "") -> pd.DataFrame:
     reference = reference[reference["dataset"].isin(datasets)]
     current = _independent(current, reference, say)
-    return ck.compare(reference, current, settings)
+    return ck.compare(reference, current, settings, source=str(source))
 
 
 def print_result(result: pd.DataFrame, settings: ck.TestSettings, say: Printer, err: Printer) -> None:
@@ -204,7 +206,7 @@ def run_check(sweep: SweepConfig, reference_path: Path, *, plant: str | None = N
     else:
         drop_unavailable_datasets(sweep, say)
         current = current_cells(sweep, say)
-    result = test_cells(ref.table, current, settings, list(sweep.datasets), say)
+    result = test_cells(ref.table, current, settings, list(sweep.datasets), say, ref.path)
     print_result(result, settings, say, err)
     say(f"msabench check: {time.time() - start:.0f} s")
     return 1 if result["alarm"].any() else 0
@@ -270,7 +272,7 @@ def calibrate(sweep_file: Path, overrides: list[str], reference_path: Path, *, s
             with environment_variables(scenario.env):
                 current = current_cells(sweep, say)
             cells[name] = current
-            result = test_cells(ref.table, current, settings, list(sweep.datasets), say)
+            result = test_cells(ref.table, current, settings, list(sweep.datasets), say, ref.path)
             row = {"description": scenario.description, **ck.summarise(result)}
             if kind == "perturbations" and name != "none":
                 row["agreement_with_none"] = ck.bitwise_agreement(cells["none"], current)

@@ -2,7 +2,7 @@
 
 msabench run method=baseline dataset=synthetic seed=1111 [key=value ...]
 msabench run --show-config method=baseline          # print the resolved config and exit
-msabench leaderboard runs/manual [--out DIR] [--recompute]
+msabench leaderboard runs/manual [--out DIR] [--recompute] [--min-group-size N]
 msabench prepare synthetic --out data/synthetic_unaligned.pkl [synthetic.bias=0.8 ...]
 msabench prepare encode mosi_text|mosei_text [mosei_text.batch_size=128 ...]   # offline text encoding cache
 msabench prepare cache mosi|mosei [mosei.path=/data/MOSEI/unaligned_50.pkl ...]  # MMSA mmap cache
@@ -78,6 +78,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+LEADERBOARD_HELP = """\
+Read the complete run folders below ROOT (folders without 'done' are counted and ignored) and write,
+atomically, to ROOT or --out:
+  leaderboard.csv                    one row per (label, dataset); columns documented in benchmarks/leaderboard.py
+  leaderboard.md                     per dataset: the headline table, one table per metric, group accuracies
+  leaderboard.png                    bars per row: IID, each OOD set, OOD avg (y axis not from 0)
+  leaderboard_iid_vs_headline.png    IID vs headline Non0 Acc-2, one point per seed, y = x and the ceiling
+
+Headline (METHODS 11.3): Non0 Acc-2 on the set where every shortcut is broken (ood_tav; on real data the
+*_tav set) and worst-group Non0 Acc-2 on IID test where predictions.csv has ground-truth groups. Method
+rows are ranked by the headline; reference and oracle rows (kind column) are listed apart, never ranked.
+Every cell has a 95% percentile-bootstrap interval over seeds; each row has its paired difference to the
+baseline on the headline with its interval, P(row > baseline) and "not resolved" when the interval
+includes 0. The OOD average is a diagnostic column, not a ranking.
+"""
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmarks.leaderboard import build_leaderboard, find_runs, log_to_wandb, write_leaderboard
     from methods import METHODS
@@ -86,19 +103,23 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"msabench leaderboard: {root} is not a directory of run folders", file=sys.stderr)
         return 2
+    if args.min_group_size < 1:
+        print(f"msabench leaderboard: --min-group-size must be at least 1, got {args.min_group_size}", file=sys.stderr)
+        return 2
     complete, incomplete = find_runs(root)
     if not complete:
         print(f"msabench leaderboard: no complete run folder (with 'done') under {root}", file=sys.stderr)
         return 1
-    df = build_leaderboard(root, recompute=args.recompute, order=list(METHODS))
-    csv_path, md_path, png_path = write_leaderboard(df, Path(args.out) if args.out else root)
+    df = build_leaderboard(root, recompute=args.recompute, order=list(METHODS), min_group_size=args.min_group_size)
+    csv_path, md_path, png_path, line_path = write_leaderboard(df, Path(args.out) if args.out else root)
     print(md_path.read_text())
     print(
         f"{len(complete)} complete runs, {len(incomplete)} incomplete (ignored); "
-        f"wrote {csv_path}, {md_path} and {png_path}"
+        f"wrote {csv_path}, {md_path}, {png_path} and {line_path}"
     )
     if args.wandb:
-        logged = log_to_wandb(df, project=args.wandb_project, name=f"leaderboard-{root.resolve().name}", plot=png_path)
+        name = f"leaderboard-{root.resolve().name}"
+        logged = log_to_wandb(df, project=args.wandb_project, name=name, plot=png_path, line_plot=line_path)
         print("W&B: leaderboard table logged" if logged else "W&B: not logged (see the warning above); files written")
     return 0
 
@@ -399,10 +420,26 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-existing", action="store_true", help="exit 0 without training if the run is complete")
     run.set_defaults(func=_cmd_run)
 
-    board = sub.add_parser("leaderboard", help="run folders -> leaderboard.csv / .md / .png")
+    board = sub.add_parser(
+        "leaderboard",
+        help="run folders -> leaderboard.csv / .md / .png (headline first, intervals, kind column)",
+        description=LEADERBOARD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     board.add_argument("root", help="directory searched recursively for run folders")
     board.add_argument("--out", help="output directory (default: the root)")
-    board.add_argument("--recompute", action="store_true", help="recompute every metric from predictions.csv")
+    board.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute every metric from predictions.csv (the group metrics always are)",
+    )
+    board.add_argument(
+        "--min-group-size",
+        type=int,
+        default=10,
+        metavar="N",
+        help="smallest ground-truth group (samples with a non-zero label) in the worst-group accuracy (default: 10)",
+    )
     board.add_argument(
         "--wandb",
         action="store_true",

@@ -106,6 +106,8 @@ NON_SEMANTIC = (
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.train_label_noise": 0.0,
     "source.scenario": "independent",
+    "source.train_bias": None,
+    "source.single_modality": "text",
     "kind": "",
 }
 KINDS = ("method", "reference", "oracle")
@@ -172,6 +174,12 @@ def build_config(overrides: list[str] | None = None, base: dict[str, Any] | None
     OmegaConf.resolve(cfg)
     if cfg.kind not in ("", *KINDS):
         raise ValueError(f"kind must be one of {list(KINDS)} (or empty for the method's own), got {cfg.kind!r}")
+    to_object(cfg.source)  # the dataset config's own checks (e.g. synthetic.scenario) before any data or training
+    if method_cls.needs_ground_truth and not getattr(dataset, "has_ground_truth", False):
+        raise ValueError(
+            f"method={chosen['method']} is an oracle row that trains on the synthetic generator's ground-truth groups "
+            f"(METHODS §10); dataset={chosen['dataset']} has none (use synthetic or synthetic_<scenario>)"
+        )
     return cfg
 
 

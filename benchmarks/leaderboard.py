@@ -1,39 +1,77 @@
-"""Run folders -> leaderboard (v1): a pure function of the run folders below a root.
+"""Run folders -> leaderboard (v2): a pure function of the run folders below a root.
 
 A run folder (DESIGN.md) holds ``config.yaml``, ``result.json``, ``predictions.csv`` and ``done`` (written last).
 Only folders with ``done`` count; the others are reported as incomplete and ignored. With ``recompute=True`` every
 per-set metric is recomputed from ``predictions.csv`` with :func:`methods.metrics.msa_metrics` (and the OOD average
-and gap from those), so any number in the table can be reproduced from saved predictions.
+and gap from those), so any number in the table can be reproduced from saved predictions. The group metrics
+(below) are always computed from ``predictions.csv``.
 
 **Rows.** One row per (label, dataset). A run's label is ``result.json``'s ``"label"`` (a named variant of a method,
-e.g. the ablation ``gear_noipw`` of ``gear``), or its method when it has none. Rows follow ``order`` (registry method
-names; other methods alphabetically after them), then the label (the method's plain row first, then its variants
-alphabetically), then the dataset.
+e.g. the ablation ``gear_noipw`` of ``gear``), or its method when it has none. A row's **kind** (METHODS §10) is
+``result.json``'s ``"kind"``: ``method`` (ranked), ``reference`` (e.g. the ceiling ``erm_unbiased``) or ``oracle``
+(uses ground truth a real dataset does not have); absent or empty = ``method``; the runs of one row must agree.
+Rows are sorted by dataset; within a dataset the ``method`` rows come first, then the ``reference`` rows, then the
+``oracle`` rows (those two blocks are never ranked against methods). Within each block, rows with a headline are
+ordered by headline mean, descending (ties by label), and come before the rows without one, which follow ``order``
+(registry method names; other methods alphabetically after them), then the label (the method's plain row first,
+then its variants alphabetically).
+
+**Headline** (METHODS §11.3). A dataset's headline set is ``ood_tav`` when one of its runs has it, else the first
+(in column order) of its test sets whose name ends with ``_tav`` (real data: the TAV manifest, e.g.
+``test_nn_tav``), else none. The headline is Non0 Acc-2 on that set; beside it, worst-group Non0 Acc-2 on the IID
+set ``test`` where the data has groups. The OOD average stays as a diagnostic column: on a set where some shortcuts
+still agree with the label, a shortcut user can beat a debiased model, so that average must not rank methods.
+
+**Group metrics** (METHODS §11.1). ``predictions.csv`` may carry the ground-truth columns :data:`GROUND_TRUTH_COLUMNS`
+(``z_<m>`` in {-1, 0, +1}; ``conflict_<m>`` 1/0, empty where modality m carries no shortcut; ``group`` a string
+such as ``+|t+a-v+``; all empty for real data). For every test set whose rows have a ``group``, three Non0 Acc-2
+values per run (MMSA's definition: samples with label 0 excluded, sign agreement of ``> 0``; 4 decimals, like the
+run's own metrics): ``aligned_acc2`` on the samples where no modality conflicts, ``conflicting_acc2`` on those
+where at least one does, ``worst_group_acc2`` the minimum over the groups with at least ``min_group_size``
+samples of non-zero label in that set (default :data:`DEFAULT_MIN_GROUP_SIZE`). A value is absent (not counted in
+``n``) for a run whose set has no ground truth, no such sample or no such group.
 
 **CSV convention** (``leaderboard.csv``): the leading columns :data:`ID_COLUMNS` are ``method`` (the registered
-method), ``label`` (the row), ``dataset``, ``n_seeds``, ``seeds`` (ascending, ``;``-separated) and ``ood_sets``
-(the OOD sets that entered the row's OOD average, ``;``-separated in column order; a set that only ``k`` of the
-``n`` averaged seeds have is written ``name[k/n]``; empty when no seed has an average). Then, for each test set and
-each metric of :data:`methods.metrics.METRIC_KEYS`: ``<set>/<metric>/mean``, ``<set>/<metric>/std``,
-``<set>/<metric>/n``; the IID set ``test`` comes first, then the OOD sets in order of first appearance over the runs
-sorted by (dataset, label, seed). Last, always present, the same triples for ``ood_avg/<metric>`` and
-``gap/<metric>``:
+method), ``label`` (the row), ``kind``, ``dataset``, ``n_seeds``, ``seeds`` (ascending, ``;``-separated),
+``ood_sets`` (the OOD sets that entered the row's OOD average, ``;``-separated in column order; a set that only
+``k`` of the ``n`` averaged seeds have is written ``name[k/n]``; empty when no seed has an average) and
+``headline_set`` (the dataset's headline set; empty when it has none). Then blocks of *cells*; a cell ``X`` is the
+five columns ``X/mean``, ``X/std``, ``X/n``, ``X/ci_low``, ``X/ci_high`` (:data:`STATS`):
+
+1. the IID set ``test``: a cell ``test/<metric>`` for each metric of :data:`methods.metrics.METRIC_KEYS`, then the
+   cells ``test/aligned_acc2``, ``test/conflicting_acc2``, ``test/worst_group_acc2`` (:data:`GROUP_METRICS`);
+2. ``headline`` (the cell ``<headline_set>/Non0_acc_2``, repeated here) and ``worst_group`` (the cell
+   ``test/worst_group_acc2``, repeated here);
+3. the row against the ``baseline`` row of the same dataset on the headline (:data:`DIFF_COLUMNS`), over the seeds
+   both rows have on the headline set (:func:`benchmarks.statistics.paired_difference`): ``headline_diff`` (mean
+   paired difference, x100), ``headline_diff_ci_low`` / ``headline_diff_ci_high`` (its 95 % percentile-bootstrap
+   interval, resampling paired seeds, x100), ``headline_diff_n`` (the number of paired seeds), ``p_better`` (the
+   share of paired seeds where the row is higher, ties 1/2; a fraction, not x100) and ``resolved`` (``True`` when
+   the interval excludes 0 and there are at least two pairs). NaN / 0 / ``False`` for the baseline row itself, for
+   a dataset without a headline set or without a baseline row;
+4. each OOD set, in order of first appearance over the runs sorted by (dataset, label, seed): its 8 metric cells
+   and 3 group cells, as for ``test``;
+5. last, always present, the cells ``ood_avg/<metric>`` and ``gap/<metric>`` for each metric:
 
 - ``ood_avg``: per seed, the unweighted mean of that seed's OOD sets (every test set except ``test``), then
   aggregated over seeds (METHODS §1.2: per seed first; the mean equals the mean of the per-set means when every seed
-  has the same sets, the std does not);
+  has the same sets, the std does not). A diagnostic, not a ranking (see Headline);
 - ``gap``: per seed, ``test`` minus that seed's OOD average, then aggregated. For accuracies and F1 a positive gap is
   what the row loses out of distribution; for MAE a negative gap is the extra OOD error.
 
 Both are computed only for a seed that has ``test`` and at least one OOD set; their ``n`` counts those seeds.
 Mean and std are over seeds of the per-run (4-decimal) metrics, std is the **population** std (ddof=0), both x100
 and rounded to 2 decimals (MAE and Corr too: 54.84 means 0.5484); ``n`` is the number of runs that have that cell.
-Floats are written with ``%.2f``; NaN (e.g. Corr of a constant prediction, which also makes that seed's OOD average
-and gap of Corr NaN, or a cell no run of the row has, then with n = 0) is written as ``nan``. Lines end with
-``\\n``; the file is byte-stable for the same run folders.
+``ci_low`` / ``ci_high`` is the 95 % percentile-bootstrap interval for the mean over those runs
+(:func:`benchmarks.statistics.bootstrap_mean_ci`: 10,000 resamples of the seeds, numpy Generator seeded with 0, so
+the same values give the same interval), x100, 2 decimals; it equals the mean when ``n`` is 1 and is NaN when the
+mean is (no run, or a NaN value). Floats are written with ``%.2f``; NaN (e.g. Corr of a constant prediction, which
+also makes that seed's OOD average and gap of Corr NaN, or a cell no run of the row has, then with n = 0) is written
+as ``nan``; ``resolved`` as ``True`` / ``False``. Lines end with ``\\n``; the file is byte-stable for the same run
+folders.
 
-No oracle column: a run folder keeps only the predictions of the epoch selected on IID valid, so the test metrics
-of the other epochs, which an OOD-selected oracle needs, are not in the run folders.
+No oracle *selection* column: a run folder keeps only the predictions of the epoch selected on IID valid, so the
+test metrics of the other epochs, which an OOD-selected oracle needs, are not in the run folders.
 """
 
 from __future__ import annotations
@@ -43,31 +81,48 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.statistics import bootstrap_mean_ci, paired_difference
 from methods.metrics import METRIC_KEYS, msa_metrics, report_cell
 
 __all__ = [
+    "BASELINE_LABEL",
+    "CEILING_LABEL",
     "CONVENTION",
     "DEFAULT_MD_METRICS",
+    "DEFAULT_MIN_GROUP_SIZE",
     "DEFAULT_PLOT_METRIC",
+    "DIFF_COLUMNS",
     "GAP",
+    "GROUND_TRUTH_COLUMNS",
+    "GROUP_METRICS",
+    "HEADLINE",
+    "HEADLINE_METRIC",
     "ID_COLUMNS",
     "IID_SET",
+    "KINDS",
     "OOD_AVG",
+    "STATS",
+    "WORST_GROUP",
     "build_leaderboard",
     "find_runs",
+    "group_metrics",
+    "headline_set",
+    "iid_vs_headline_figure",
     "leaderboard_figure",
     "leaderboard_markdown",
     "load_run",
     "log_to_wandb",
     "per_seed_table",
+    "row_kind",
     "row_label",
+    "run_group_metrics",
     "write_leaderboard",
 ]
 
@@ -76,15 +131,37 @@ log = logging.getLogger(__name__)
 CONVENTION = "mean ± population std (ddof=0) over n seeds, ×100"
 DEFAULT_MD_METRICS: tuple[str, ...] = ("Non0_acc_2", "MAE")
 DEFAULT_PLOT_METRIC = "Non0_acc_2"
-ID_COLUMNS: tuple[str, ...] = ("method", "label", "dataset", "n_seeds", "seeds", "ood_sets")
+ID_COLUMNS: tuple[str, ...] = ("method", "label", "kind", "dataset", "n_seeds", "seeds", "ood_sets", "headline_set")
 IID_SET = "test"
 OOD_AVG = "ood_avg"
 GAP = "gap"
-STATS: tuple[str, ...] = ("mean", "std", "n")
+HEADLINE = "headline"
+WORST_GROUP = "worst_group"
+HEADLINE_METRIC = "Non0_acc_2"
+HEADLINE_SET = "ood_tav"
+HEADLINE_SUFFIX = "_tav"
+BASELINE_LABEL = "baseline"
+CEILING_LABEL = "erm_unbiased"
+KINDS: tuple[str, ...] = ("method", "reference", "oracle")
+STATS: tuple[str, ...] = ("mean", "std", "n", "ci_low", "ci_high")
+GROUP_METRICS: tuple[str, ...] = ("aligned_acc2", "conflicting_acc2", "worst_group_acc2")
+DIFF_COLUMNS: tuple[str, ...] = (
+    "headline_diff",
+    "headline_diff_ci_low",
+    "headline_diff_ci_high",
+    "headline_diff_n",
+    "p_better",
+    "resolved",
+)
+MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
+CONFLICT_COLUMNS: tuple[str, ...] = tuple(f"conflict_{m}" for m in MODALITIES)
+GROUP_COLUMN = "group"
+GROUND_TRUTH_COLUMNS: tuple[str, ...] = (*(f"z_{m}" for m in MODALITIES), *CONFLICT_COLUMNS, GROUP_COLUMN)
+DEFAULT_MIN_GROUP_SIZE = 10
 CSV_FLOAT_FORMAT = "%.2f"
 CSV_NA_REP = "nan"
 _MISSING = "—"
-_RESERVED_SETS = (OOD_AVG, GAP)
+_RESERVED_SETS = (OOD_AVG, GAP, HEADLINE, WORST_GROUP)
 _WANDB_MODES = ("online", "offline", "disabled", "shared")
 
 
@@ -182,6 +259,96 @@ def row_label(result: dict[str, Any]) -> str:
     return str(result.get("label") or result["method"])
 
 
+def row_kind(result: dict[str, Any]) -> str:
+    """The kind of a run's row (METHODS §10): ``result.json``'s ``"kind"``, ``method`` when absent or empty."""
+    kind = str(result.get("kind") or "method")
+    if kind not in KINDS:
+        raise ValueError(f"run kind {kind!r} (method {result.get('method')!r}) is not one of {list(KINDS)}")
+    return kind
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ground-truth group metrics (from predictions.csv)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _non0_acc2(pred: np.ndarray, label: np.ndarray) -> float:
+    """MMSA's Non0 Acc-2 (METHODS §1.2), 4 decimals: ``y != 0`` only, ``1[p > 0]`` vs ``1[y > 0]``; NaN without such
+    a sample. The same number as ``msa_metrics(pred, label)["Non0_acc_2"]`` (tested) without its other metrics,
+    which a table over many groups would pay for many times."""
+    nonzero = label != 0
+    if not nonzero.any():
+        return math.nan
+    return float(np.round(np.mean((pred[nonzero] > 0) == (label[nonzero] > 0)), 4))
+
+
+def group_metrics(
+    preds: pd.DataFrame, test_sets: Sequence[str], *, min_group_size: int = DEFAULT_MIN_GROUP_SIZE, source: str = ""
+) -> dict[str, dict[str, float]]:
+    """``{set: {aligned_acc2, conflicting_acc2, worst_group_acc2}}`` (fractions, 4 decimals) of one run.
+
+    ``preds`` is a run's ``predictions.csv`` read as text with ``prediction`` and ``label`` parsed as floats. Values
+    are NaN where undefined: no ground-truth columns, a set whose ``group`` cells are all empty (real data), no
+    aligned (or conflicting) sample with a non-zero label, no group with ``min_group_size`` samples of non-zero
+    label. Raises ``ValueError`` for a malformed ground truth: a ``group`` column without the ``conflict_<m>``
+    columns, a conflict flag other than ``1``, ``0`` or empty, a set with some ``group`` cells empty and others not,
+    or a listed set without rows.
+    """
+    if int(min_group_size) != min_group_size or min_group_size < 1:
+        raise ValueError(f"min_group_size must be a positive integer, got {min_group_size!r}")
+    nan = dict.fromkeys(GROUP_METRICS, math.nan)
+    if GROUP_COLUMN not in preds.columns:
+        return {name: dict(nan) for name in test_sets}
+    missing = [c for c in CONFLICT_COLUMNS if c not in preds.columns]
+    if missing:
+        raise ValueError(f"{source}: has a {GROUP_COLUMN!r} column but not {missing}")
+    out: dict[str, dict[str, float]] = {}
+    for name in test_sets:
+        rows = preds[preds["set"] == name]
+        if rows.empty:
+            raise ValueError(f"{source} has no rows for test set {name!r}")
+        group = rows[GROUP_COLUMN].astype(str).str.strip().to_numpy()
+        empty = group == ""
+        if empty.all():
+            out[name] = dict(nan)
+            continue
+        if empty.any():
+            raise ValueError(
+                f"{source}: test set {name!r} has {int(empty.sum())} of {empty.size} rows without a {GROUP_COLUMN!r}; "
+                "expected every row or none (real data)"
+            )
+        flags = np.stack([rows[c].astype(str).str.strip().to_numpy() for c in CONFLICT_COLUMNS], axis=1)
+        bad = sorted(set(flags[~np.isin(flags, ["", "0", "1"])].tolist()))
+        if bad:
+            raise ValueError(f"{source}: test set {name!r} has conflict flags {bad[:5]}; expected 1, 0 or empty")
+        conflicting = (flags == "1").any(axis=1)
+        pred = rows["prediction"].to_numpy(dtype=np.float64)
+        label = rows["label"].to_numpy(dtype=np.float64)
+        worst = math.nan
+        for g in sorted(set(group.tolist())):
+            members = group == g
+            if int(np.count_nonzero(members & (label != 0))) >= min_group_size:
+                acc = _non0_acc2(pred[members], label[members])
+                worst = acc if math.isnan(worst) else min(worst, acc)
+        out[name] = {
+            "aligned_acc2": _non0_acc2(pred[~conflicting], label[~conflicting]),
+            "conflicting_acc2": _non0_acc2(pred[conflicting], label[conflicting]),
+            "worst_group_acc2": worst,
+        }
+    return out
+
+
+def run_group_metrics(
+    run_dir: str | os.PathLike[str], test_sets: Sequence[str], *, min_group_size: int = DEFAULT_MIN_GROUP_SIZE
+) -> dict[str, dict[str, float]]:
+    """:func:`group_metrics` of a run folder's ``predictions.csv`` (all NaN, with a warning, when it is missing)."""
+    path = Path(run_dir) / "predictions.csv"
+    if not path.is_file():
+        log.warning("%s is missing: no group metrics for that run", path)
+        return {name: dict.fromkeys(GROUP_METRICS, math.nan) for name in test_sets}
+    return group_metrics(_read_predictions(path), test_sets, min_group_size=min_group_size, source=str(path))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Building the table
 # ---------------------------------------------------------------------------------------------------------------------
@@ -189,6 +356,10 @@ def row_label(result: dict[str, Any]) -> str:
 
 def _value(x: Any) -> float:
     return math.nan if x is None else float(x)
+
+
+def _round2(x: float) -> float:
+    return round(x, 2) + 0.0  # as methods.metrics.report_cell: -0.0 -> 0.0, NaN stays NaN
 
 
 def _identity(result: dict[str, Any]) -> tuple[Any, ...]:
@@ -203,7 +374,8 @@ def _load_unique(
 ) -> tuple[dict[tuple[str, str], dict[int, dict[str, Any]]], list[Path]]:
     """Group runs by (label, dataset) and seed; identical duplicates are kept once, differing ones raise.
 
-    A label used by two different methods raises too: one row must be one method."""
+    A label used by two different methods raises too: one row must be one method. Each kept result records its
+    folder under ``"_run_dir"``."""
     groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     owner: dict[tuple[str, str, int], Path] = {}
     method_of: dict[str, tuple[str, Path]] = {}
@@ -230,20 +402,54 @@ def _load_unique(
             duplicates.append(run)
             continue
         owner[key] = run
+        result["_run_dir"] = str(run)
         groups.setdefault(key[:2], {})[key[2]] = result
     return groups, duplicates
 
 
+def _row_kinds(groups: Mapping[tuple[str, str], Mapping[int, dict[str, Any]]]) -> dict[tuple[str, str], str]:
+    """The kind of every (label, dataset) row; runs of one row with different kinds raise ``ValueError``."""
+    kinds: dict[tuple[str, str], str] = {}
+    for key, runs in groups.items():
+        found = {seed: row_kind(result) for seed, result in runs.items()}
+        if len(set(found.values())) > 1:
+            raise ValueError(
+                f"row label={key[0]!r} dataset={key[1]!r} mixes kinds {dict(sorted(found.items()))} over its seeds; "
+                "expected one kind per row (give the variant its own label)"
+            )
+        kinds[key] = next(iter(found.values()))
+    return kinds
+
+
+def headline_set(sets: Sequence[str]) -> str:
+    """The headline set among ``sets`` (in column order): ``ood_tav``, else the first ``*_tav`` set, else ``""``."""
+    if HEADLINE_SET in sets:
+        return HEADLINE_SET
+    tav = [s for s in sets if s.endswith(HEADLINE_SUFFIX)]
+    if len(tav) > 1:
+        log.warning("test sets %s all end with %r; the headline is %r", tav, HEADLINE_SUFFIX, tav[0])
+    return tav[0] if tav else ""
+
+
 def _row_order(
-    keys: Iterable[tuple[str, str]], method_of: dict[str, str], order: Sequence[str] | None
+    keys: Iterable[tuple[str, str]],
+    method_of: Mapping[str, str],
+    kind_of: Mapping[tuple[str, str], str],
+    headline: Mapping[tuple[str, str], float],
+    order: Sequence[str] | None,
 ) -> list[tuple[str, str]]:
-    """(label, dataset) keys sorted by method rank, method, plain row before variants, label, dataset."""
+    """(label, dataset) keys: by dataset, kind block (method, reference, oracle), then headline mean descending
+    (ties by label), then the rows without a headline by method rank, method, plain row before variants, label."""
     rank = {name: i for i, name in enumerate(order or ())}
 
     def key(k: tuple[str, str]) -> tuple[Any, ...]:
         label, dataset = k
+        block = KINDS.index(kind_of[k])
+        h = headline[k]
+        if math.isfinite(h):
+            return dataset, block, 0, -h, label, ()
         method = method_of[label]
-        return rank.get(method, len(rank)), method, label != method, label, dataset
+        return dataset, block, 1, 0.0, "", (rank.get(method, len(rank)), method, label != method, label)
 
     return sorted(keys, key=key)
 
@@ -267,72 +473,179 @@ def _ood_sets_cell(used: Sequence[list[str]], set_order: Sequence[str]) -> str:
     return ";".join(s if counts[s] == n else f"{s}[{counts[s]}/{n}]" for s in set_order if counts[s])
 
 
-def _stat_columns(prefix: str) -> list[str]:
-    return [f"{prefix}/{m}/{stat}" for m in METRIC_KEYS for stat in STATS]
+def _cell_columns(prefix: str) -> list[str]:
+    return [f"{prefix}/{stat}" for stat in STATS]
+
+
+def _set_columns(prefix: str, with_groups: bool = True) -> list[str]:
+    names = [*METRIC_KEYS, *(GROUP_METRICS if with_groups else ())]
+    return [c for m in names for c in _cell_columns(f"{prefix}/{m}")]
+
+
+def _cell(values: Iterable[Any]) -> tuple[float, float, int, float, float]:
+    """(mean, std, n, ci_low, ci_high) of per-seed values, x100, 2 decimals (see the module docstring)."""
+    vals = [_value(v) for v in values]
+    mean, std, n = report_cell(vals)
+    if n == 0 or any(math.isnan(v) for v in vals):
+        return mean, std, n, math.nan, math.nan
+    low, high = bootstrap_mean_ci(vals)
+    return mean, std, n, _round2(100.0 * low), _round2(100.0 * high)
+
+
+def _put(row: dict[str, Any], prefix: str, cell: tuple[float, float, int, float, float]) -> None:
+    for stat, value in zip(STATS, cell, strict=True):
+        row[f"{prefix}/{stat}"] = value
+
+
+def _seed_values(runs: Mapping[int, dict[str, Any]], name: str, metric: str) -> dict[int, float]:
+    """``{seed: metric on set name}`` over the runs that have the set (fractions, as in result.json)."""
+    return {seed: _value(r["metrics"][name][metric]) for seed, r in runs.items() if name in r["test_sets"]}
+
+
+def _percent(result: dict[str, Any], name: str) -> float:
+    """The run's headline metric on set ``name``, x100 (unrounded); NaN when the run lacks the set."""
+    if not name or name not in result["test_sets"]:
+        return math.nan
+    return 100.0 * _value(result["metrics"][name][HEADLINE_METRIC])
 
 
 def build_leaderboard(
-    root: str | os.PathLike[str], *, recompute: bool = False, order: Sequence[str] | None = None
+    root: str | os.PathLike[str],
+    *,
+    recompute: bool = False,
+    order: Sequence[str] | None = None,
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
 ) -> pd.DataFrame:
-    """One row per (label, dataset) over the complete runs below ``root`` (see the module docstring for columns).
+    """One row per (label, dataset) over the complete runs below ``root`` (see the module docstring for columns,
+    row order, the headline, the group metrics and the intervals).
 
     Two runs with the same label, dataset and seed raise ``ValueError`` unless they are the same job (same config
-    hash, when recorded, and same metrics), which counts once; so does a label shared by two methods.
-    ``df.attrs`` records the complete, incomplete and duplicate run folders.
+    hash, when recorded, and same metrics), which counts once; so do a label shared by two methods and a row whose
+    runs disagree on the kind. ``min_group_size``: the smallest group (samples with a non-zero label) that enters
+    the worst-group accuracy. ``df.attrs`` records the complete, incomplete and duplicate run folders, the
+    ``min_group_size`` and, under ``per_seed``, one record per run (label, dataset, kind, seed, ``iid`` and
+    ``headline`` Non0 Acc-2 x100, NaN where the run lacks the set) for :func:`iid_vs_headline_figure`.
     """
+    if int(min_group_size) != min_group_size or min_group_size < 1:
+        raise ValueError(f"min_group_size must be a positive integer, got {min_group_size!r}")
     complete, incomplete = find_runs(root)
     if incomplete:
         log.warning("%d incomplete run folder(s) (no 'done') ignored below %s", len(incomplete), root)
     groups, duplicates = _load_unique(complete, recompute)
     method_of = {label: str(next(iter(runs.values()))["method"]) for (label, _), runs in groups.items()}
+    kind_of = _row_kinds(groups)
+    group_values: dict[tuple[str, str, int], dict[str, dict[str, float]]] = {}
+    for (label, dataset), runs in groups.items():
+        for seed, result in runs.items():
+            group_values[(label, dataset, seed)] = run_group_metrics(
+                result["_run_dir"], result["test_sets"], min_group_size=min_group_size
+            )
 
     sets: list[str] = []
+    sets_of: dict[str, list[str]] = {}
     for label, dataset in sorted(groups, key=lambda k: (k[1], k[0])):
         for seed in sorted(groups[(label, dataset)]):
             for name in groups[(label, dataset)][seed]["test_sets"]:
                 if name not in sets:
                     sets.append(name)
+                sets_of.setdefault(dataset, [])
+                if name not in sets_of[dataset]:
+                    sets_of[dataset].append(name)
     if IID_SET in sets:
         sets.remove(IID_SET)
         sets.insert(0, IID_SET)
     ood_order = [s for s in sets if s != IID_SET]
+    headline_of = {d: headline_set([s for s in sets if s in names]) for d, names in sets_of.items()}
 
-    columns = list(ID_COLUMNS) + [c for s in (*sets, OOD_AVG, GAP) for c in _stat_columns(s)]
+    # headline values per (label, dataset) -> {seed: value}; the baseline of a dataset is its row labelled baseline
+    head_values = {
+        key: (_seed_values(runs, headline_of[key[1]], HEADLINE_METRIC) if headline_of[key[1]] else {})
+        for key, runs in groups.items()
+    }
+    head_mean = {key: report_cell(v.values())[0] for key, v in head_values.items()}
+
+    columns = [
+        *ID_COLUMNS,
+        *(_set_columns(IID_SET) if IID_SET in sets else []),
+        *_cell_columns(HEADLINE),
+        *_cell_columns(WORST_GROUP),
+        *DIFF_COLUMNS,
+        *(c for s in ood_order for c in _set_columns(s)),
+        *(c for s in (OOD_AVG, GAP) for c in _set_columns(s, with_groups=False)),
+    ]
     rows: list[dict[str, Any]] = []
-    for label, dataset in _row_order(groups, method_of, order):
-        runs = groups[(label, dataset)]
+    per_seed_records: list[dict[str, Any]] = []
+    for label, dataset in _row_order(groups, method_of, kind_of, head_mean, order):
+        key = (label, dataset)
+        runs = groups[key]
         seeds = sorted(runs)
         per_seed = [p for p in (_per_seed_ood(runs[seed]) for seed in seeds) if p is not None]
+        hset = headline_of[dataset]
         row: dict[str, Any] = {
             "method": method_of[label],
             "label": label,
+            "kind": kind_of[key],
             "dataset": dataset,
             "n_seeds": len(seeds),
             "seeds": ";".join(str(s) for s in seeds),
             "ood_sets": _ood_sets_cell([p[0] for p in per_seed], ood_order),
+            "headline_set": hset,
         }
         for s in sets:
-            having = [runs[seed] for seed in seeds if s in runs[seed]["test_sets"]]
+            having = [seed for seed in seeds if s in runs[seed]["test_sets"]]
             for m in METRIC_KEYS:
-                mean, std, n = report_cell(_value(r["metrics"][s][m]) for r in having)
-                row[f"{s}/{m}/mean"], row[f"{s}/{m}/std"], row[f"{s}/{m}/n"] = mean, std, n
+                _put(row, f"{s}/{m}", _cell(_value(runs[seed]["metrics"][s][m]) for seed in having))
+            for g in GROUP_METRICS:
+                vals = [group_values[(label, dataset, seed)][s][g] for seed in having]
+                _put(row, f"{s}/{g}", _cell(v for v in vals if not math.isnan(v)))
         for prefix, index in ((OOD_AVG, 1), (GAP, 2)):
             for m in METRIC_KEYS:
-                mean, std, n = report_cell(p[index][m] for p in per_seed)
-                row[f"{prefix}/{m}/mean"], row[f"{prefix}/{m}/std"], row[f"{prefix}/{m}/n"] = mean, std, n
+                _put(row, f"{prefix}/{m}", _cell(p[index][m] for p in per_seed))
+
+        head_cell = [row.get(f"{hset}/{HEADLINE_METRIC}/{stat}", math.nan) for stat in STATS] if hset else []
+        _put(row, HEADLINE, tuple(head_cell) if hset else (math.nan, math.nan, 0, math.nan, math.nan))
+        worst = [row.get(f"{IID_SET}/worst_group_acc2/{stat}", math.nan) for stat in STATS]
+        _put(row, WORST_GROUP, tuple(worst) if IID_SET in sets else (math.nan, math.nan, 0, math.nan, math.nan))
+
+        base_key = (BASELINE_LABEL, dataset)
+        diff = {"n_pairs": 0, "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_better": math.nan}
+        if hset and base_key in groups and key != base_key:
+            diff = paired_difference(head_values[key], head_values[base_key])
+        row["headline_diff"] = _round2(100.0 * diff["mean_diff"])
+        row["headline_diff_ci_low"] = _round2(100.0 * diff["ci_low"])
+        row["headline_diff_ci_high"] = _round2(100.0 * diff["ci_high"])
+        row["headline_diff_n"] = diff["n_pairs"]
+        row["p_better"] = diff["p_better"]
+        row["resolved"] = bool(diff.get("resolved", False))
         rows.append(row)
+
+        for seed in seeds:
+            per_seed_records.append(
+                {
+                    "label": label,
+                    "dataset": dataset,
+                    "kind": kind_of[key],
+                    "seed": seed,
+                    "iid": _percent(runs[seed], IID_SET),
+                    "headline": _percent(runs[seed], hset),
+                }
+            )
 
     df = pd.DataFrame(rows, columns=columns)
     for col in columns:
-        if col.endswith("/n") or col == "n_seeds":
+        if col.endswith("/n") or col in ("n_seeds", "headline_diff_n"):
             df[col] = df[col].astype("int64")
-        elif col.endswith(("/mean", "/std")):
+        elif col == "resolved":
+            df[col] = df[col].astype("bool")
+        elif col.endswith(("/mean", "/std", "/ci_low", "/ci_high")) or col in DIFF_COLUMNS:
             df[col] = df[col].astype("float64")
     df.attrs.update(
         root=str(root),
         complete_runs=[str(p) for p in complete],
         incomplete_runs=[str(p) for p in incomplete],
         duplicate_runs=[str(p) for p in duplicates],
+        min_group_size=int(min_group_size),
+        per_seed=per_seed_records,
     )
     return df
 
@@ -399,6 +712,10 @@ def _fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.2f}"
 
 
+def _signed(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:+.2f}"
+
+
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
@@ -409,13 +726,19 @@ def _check_metrics(metrics: Sequence[str]) -> None:
         raise ValueError(f"unknown metric(s) {unknown}; valid: {list(METRIC_KEYS)}")
 
 
-def _md_cell(row: pd.Series, prefix: str, metric: str) -> str:
-    n = int(row[f"{prefix}/{metric}/n"])
+def _md_stat(row: pd.Series, prefix: str, *, interval: bool = False) -> str:
+    """``mean ± std`` (``[ci_low, ci_high]`` with ``interval``) of the cell ``prefix``; ``(n)`` when n < seeds."""
+    n = int(row[f"{prefix}/n"])
     if n == 0:
         return _MISSING
-    mean, std = float(row[f"{prefix}/{metric}/mean"]), float(row[f"{prefix}/{metric}/std"])
-    cell = f"{_fmt(mean)} ± {_fmt(std)}"
+    cell = f"{_fmt(float(row[f'{prefix}/mean']))} ± {_fmt(float(row[f'{prefix}/std']))}"
+    if interval:
+        cell += f" [{_fmt(float(row[f'{prefix}/ci_low']))}, {_fmt(float(row[f'{prefix}/ci_high']))}]"
     return cell if n == int(row["n_seeds"]) else f"{cell} ({n})"
+
+
+def _md_cell(row: pd.Series, prefix: str, metric: str) -> str:
+    return _md_stat(row, f"{prefix}/{metric}") if f"{prefix}/{metric}/n" in row else _MISSING
 
 
 def _sets_line(sub: pd.DataFrame) -> str:
@@ -427,24 +750,76 @@ def _sets_line(sub: pd.DataFrame) -> str:
     return "OOD avg over: " + "; ".join(parts) + "."
 
 
-def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_METRICS) -> str:
-    """Markdown: convention and footnotes, then per dataset one table per metric (a row per label).
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return lines
 
-    Columns: seeds, IID (``test``), each OOD set the dataset's rows have, OOD avg, gap; missing cells are "—".
+
+def _resolved_cell(row: pd.Series) -> str:
+    if row["label"] == BASELINE_LABEL:
+        return "baseline"
+    if int(row["headline_diff_n"]) == 0:
+        return _MISSING
+    return "resolved" if bool(row["resolved"]) else "not resolved"
+
+
+def _headline_rows(sub: pd.DataFrame, with_worst: bool) -> list[list[str]]:
+    out = []
+    for _, row in sub.iterrows():
+        cells = [_md_escape(row["label"]), str(row["kind"]), str(row["n_seeds"])]
+        cells.append(_md_cell(row, IID_SET, HEADLINE_METRIC))
+        cells.append(_md_stat(row, HEADLINE, interval=True))
+        if with_worst:
+            cells.append(_md_stat(row, WORST_GROUP))
+        n_pairs = int(row["headline_diff_n"])
+        if n_pairs:
+            low, high = float(row["headline_diff_ci_low"]), float(row["headline_diff_ci_high"])
+            cells += [
+                f"{_signed(float(row['headline_diff']))} [{_fmt(low)}, {_fmt(high)}]",
+                str(n_pairs),
+                _fmt(float(row["p_better"])),
+            ]
+        else:
+            cells += [_MISSING, _MISSING, _MISSING]
+        cells.append(_resolved_cell(row))
+        out.append(cells)
+    return out
+
+
+def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_METRICS) -> str:
+    """Markdown: convention and footnotes, then per dataset the headline table (method rows ranked by the headline,
+    then the reference and oracle rows in a table of their own), one diagnostic table per metric (a row per label;
+    seeds, IID, each OOD set, OOD avg, gap) and, where the data has ground-truth groups, the group accuracies.
+    Missing cells are "—".
     """
     _check_metrics(metrics)
     sets = _test_sets_of(df)
+    min_group = df.attrs.get("min_group_size", DEFAULT_MIN_GROUP_SIZE)
     lines = [
         "# Leaderboard",
         "",
         f"Cells: {CONVENTION} (MAE and Corr too); a cell from fewer seeds than the row's `seeds` shows that "
         "count in parentheses; — = no run of the row has that set. "
         "Each run's metrics are MMSA's, rounded to 4 decimals; Acc-2 variants are named (Has0 / Non0).",
+        f"Headline (METHODS §11.3): {HEADLINE_METRIC} on the set where every shortcut is broken "
+        f"(`{HEADLINE_SET}`; on real data the `*{HEADLINE_SUFFIX}` set), with its 95 % interval in brackets; "
+        f"worst group = the lowest {HEADLINE_METRIC} over the ground-truth groups of IID `{IID_SET}` with at least "
+        f"{min_group} samples of non-zero label (only where the data has groups). Method rows are ranked by the "
+        "headline mean; reference and oracle rows (METHODS §10) say what is possible on the data and are listed "
+        "apart, never ranked.",
+        "Intervals: 95 % percentile bootstrap over seeds (10,000 resamples, seeded); every cell's interval is in "
+        f"the CSV (`ci_low`, `ci_high`). Δ vs baseline = the paired difference of the headline to the "
+        f"`{BASELINE_LABEL}` row over the seeds both have, with its interval; P(> baseline) = the share of those "
+        "seeds where the row is higher (ties count 1/2); **not resolved** = that interval includes 0 (or fewer than "
+        "two paired seeds): the seeds cannot tell the row from the baseline.",
         f"OOD avg = unweighted mean of a seed's OOD sets (every test set except `{IID_SET}`), computed per seed, "
         f"then mean ± std over seeds; gap = IID (`{IID_SET}`) − OOD avg, per seed, then aggregated: a positive "
         "accuracy gap is what the row loses out of distribution, a negative MAE gap is its extra OOD error. "
         f"Both only over seeds that have `{IID_SET}` and at least one OOD set; in the 'OOD avg over' lines, "
-        "`set[k/n]` is a set that only k of the n averaged seeds have.",
+        "`set[k/n]` is a set that only k of the n averaged seeds have. The OOD avg is a diagnostic, not a "
+        "ranking: on a set where some shortcuts still agree with the label, a shortcut user can beat a debiased "
+        "model.",
     ]
     if df.attrs.get("incomplete_runs") is not None:
         lines.append(
@@ -455,29 +830,67 @@ def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_M
         lines += ["", "No complete runs."]
     for dataset in sorted(df["dataset"].unique()) if not df.empty else []:
         sub = df[df["dataset"] == dataset]
-        ood = [s for s in sets if s != IID_SET and _present(sub, s, metrics)]
-        header = ["label", "seeds", f"IID ({IID_SET})", *ood, "OOD avg", "gap"]
-        prefixes = [IID_SET, *ood, OOD_AVG, GAP]
         lines += ["", f"## {_md_escape(dataset)}"]
-        for metric in metrics:
+
+        hset = str(sub["headline_set"].iloc[0])
+        if hset:
+            with_worst = bool((sub[f"{WORST_GROUP}/n"] > 0).any())
+            header = ["label", "kind", "seeds", f"IID ({IID_SET})", f"headline ({hset})"]
+            header += [f"worst group ({IID_SET})"] if with_worst else []
+            header += ["Δ vs baseline [95% CI]", "pairs", "P(> baseline)", "vs baseline"]
+            ranked, apart = sub[sub["kind"] == "method"], sub[sub["kind"] != "method"]
+            lines += ["", f"### Headline: {HEADLINE_METRIC} on `{_md_escape(hset)}`", ""]
+            lines += _table(header, _headline_rows(ranked, with_worst)) if not ranked.empty else ["No method rows."]
+            if not apart.empty:
+                lines += ["", "Reference and oracle rows (not ranked):", ""]
+                lines += _table(header, _headline_rows(apart, with_worst))
+        else:
             lines += [
                 "",
-                f"### {metric}",
-                "",
-                "| " + " | ".join(_md_escape(h) for h in header) + " |",
-                "|---|" + "---:|" * (len(header) - 1),
+                f"No headline set (no `{HEADLINE_SET}` or `*{HEADLINE_SUFFIX}` test set): rows follow the registry "
+                "order within each kind.",
             ]
-            for _, row in sub.iterrows():
-                cells = [_md_escape(row["label"]), str(row["n_seeds"])]
-                cells += [_md_cell(row, p, metric) if f"{p}/{metric}/n" in row else _MISSING for p in prefixes]
-                lines.append("| " + " | ".join(cells) + " |")
+
+        ood = [s for s in sets if s != IID_SET and _present(sub, s, metrics)]
+        header = ["label", "kind", "seeds", f"IID ({IID_SET})", *ood, "OOD avg", "gap"]
+        prefixes = [IID_SET, *ood, OOD_AVG, GAP]
+        for metric in metrics:
+            rows = [
+                [_md_escape(row["label"]), str(row["kind"]), str(row["n_seeds"])]
+                + [_md_cell(row, p, metric) for p in prefixes]
+                for _, row in sub.iterrows()
+            ]
+            lines += ["", f"### {metric}", "", *_table(header, rows)]
+
+        group_sets = [s for s in sets if _present(sub, s, GROUP_METRICS)]
+        if group_sets:
+            rows = [
+                [_md_escape(row["label"]), str(row["kind"]), s] + [_md_cell(row, s, g) for g in GROUP_METRICS]
+                for _, row in sub.iterrows()
+                for s in group_sets
+            ]
+            lines += [
+                "",
+                f"### Ground-truth groups: {HEADLINE_METRIC}",
+                "",
+                f"aligned = samples where no modality's shortcut conflicts with the label, conflicting = at least one "
+                f"does, worst group = the lowest group (groups with at least {min_group} samples of non-zero label).",
+                "",
+                *_table(["label", "kind", "set", "aligned", "conflicting", "worst group"], rows),
+            ]
         lines += ["", _sets_line(sub)]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Plot
+# Plots
 # ---------------------------------------------------------------------------------------------------------------------
+
+_KIND_MARKERS = {"method": "o", "reference": "s", "oracle": "^"}
+
+
+def _tick_label(row: pd.Series) -> str:
+    return str(row["label"]) if row["kind"] == "method" else f"{row['label']}\n({row['kind']})"
 
 
 def leaderboard_figure(df: pd.DataFrame, metric: str = DEFAULT_PLOT_METRIC) -> Any:
@@ -485,7 +898,8 @@ def leaderboard_figure(df: pd.DataFrame, metric: str = DEFAULT_PLOT_METRIC) -> A
 
     Bars: IID (``test``), each OOD set the dataset has, and the OOD average; height = mean of ``metric`` (x100),
     error bar = population std over seeds. A missing cell has no bar. Each bar series is a ``BarContainer`` whose
-    ``get_label()`` is the set name (``IID (test)``, the OOD set, ``OOD avg``).
+    ``get_label()`` is the set name (``IID (test)``, the OOD set, ``OOD avg``). The y axis starts a little below the
+    lowest value shown (mean − std), not at 0; rows of kind ``reference`` / ``oracle`` have it under their label.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -508,29 +922,124 @@ def leaderboard_figure(df: pd.DataFrame, metric: str = DEFAULT_PLOT_METRIC) -> A
         series = [s for s in sets if _present(sub, s, [metric])] + [OOD_AVG]
         width = 0.8 / len(series)
         x = np.arange(len(sub), dtype=float)
+        shown: list[np.ndarray] = []
         for i, name in enumerate(series):
             n = sub[f"{name}/{metric}/n"].to_numpy()
             mean = sub[f"{name}/{metric}/mean"].to_numpy(dtype=float)
             std = sub[f"{name}/{metric}/std"].to_numpy(dtype=float)
             keep = (n > 0) & np.isfinite(mean)
+            err = np.nan_to_num(std[keep])
+            shown += [mean[keep] - err, mean[keep] + err]
             label = f"IID ({IID_SET})" if name == IID_SET else ("OOD avg" if name == OOD_AVG else name)
             style = {"hatch": "//", "edgecolor": "black", "color": "0.75"} if name == OOD_AVG else {}
             ax.bar(
                 x[keep] + (i - (len(series) - 1) / 2) * width,
                 mean[keep],
                 width,
-                yerr=np.nan_to_num(std[keep]),
+                yerr=err,
                 capsize=2,
                 label=label,
                 linewidth=0.5,
                 **style,
             )
-        ax.set_xticks(x, [str(v) for v in sub["label"]], rotation=20 if len(sub) > 4 else 0)
+        values = np.concatenate(shown) if shown else np.empty(0)
+        if values.size:
+            low, high = float(values.min()), float(values.max())
+            pad = max(0.05 * (high - low), 1.0)
+            ax.set_ylim(low - pad, high + pad)
+        ax.set_xticks(x, [_tick_label(r) for _, r in sub.iterrows()], rotation=20 if len(sub) > 4 else 0)
         ax.set_ylabel(f"{metric} (×100)")
-        ax.set_title(f"{dataset}: {metric}, mean ± population std over seeds (no bar: no run has that set)")
+        ax.set_title(
+            f"{dataset}: {metric}, mean ± population std over seeds (y axis not from 0; no bar: no run has that set)"
+        )
         ax.set_xlim(-0.6, len(sub) - 0.4)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize="small", ncols=min(len(series), 6), loc="lower center", bbox_to_anchor=(0.5, 1.1))
+    fig.tight_layout()
+    return fig
+
+
+def _seed_points(df: pd.DataFrame, row: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(IID, headline) x100 of every seed of ``row`` that has both (from ``df.attrs['per_seed']``); without those
+    records (a table read back from CSV), the row's two means."""
+    records = df.attrs.get("per_seed")
+    if records is None:
+        pairs = [(float(row[f"{IID_SET}/{HEADLINE_METRIC}/mean"]), float(row[f"{HEADLINE}/mean"]))]
+    else:
+        pairs = [
+            (r["iid"], r["headline"]) for r in records if r["label"] == row["label"] and r["dataset"] == row["dataset"]
+        ]
+    pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    return np.asarray([a for a, _ in pairs], dtype=float), np.asarray([b for _, b in pairs], dtype=float)
+
+
+def iid_vs_headline_figure(df: pd.DataFrame) -> Any:
+    """Accuracy on the line: a matplotlib Figure (Agg canvas), one panel per dataset with a headline set.
+
+    x = IID (``test``) Non0 Acc-2, y = headline Non0 Acc-2 (both x100), one point per run (seed), one colour per row
+    (a ``PathCollection`` labelled with the row label), marker by kind (method ``o``, reference ``s``, oracle
+    ``^``); the dashed diagonal y = x (label ``y = x``) and, when the dataset has an ``erm_unbiased`` row, the
+    ceiling as a horizontal line at its mean headline (label ``ceiling (erm_unbiased) ...``).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = (
+        sorted(d for d in df["dataset"].unique() if str(df.loc[df["dataset"] == d, "headline_set"].iloc[0]))
+        if not df.empty
+        else []
+    )
+    fig = Figure(figsize=(8.0, 5.2 * max(len(datasets), 1)))
+    FigureCanvasAgg(fig)
+    if not datasets:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "No headline set (no ood_tav or *_tav test set)", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    colours = [f"C{i}" for i in range(10)]
+    axes = fig.subplots(len(datasets), 1, squeeze=False)[:, 0]
+    for ax, dataset in zip(axes, datasets):
+        sub = df[df["dataset"] == dataset].reset_index(drop=True)
+        hset = str(sub["headline_set"].iloc[0])
+        everything: list[float] = []
+        for i, (_, row) in enumerate(sub.iterrows()):
+            xs, ys = _seed_points(df, row)
+            everything += [*xs.tolist(), *ys.tolist()]
+            kind = str(row["kind"])
+            ax.scatter(
+                xs,
+                ys,
+                color=colours[i % len(colours)],
+                marker=_KIND_MARKERS.get(kind, "o"),
+                s=40,
+                edgecolors="black",
+                linewidths=0.5,
+                label=str(row["label"]) if kind == "method" else f"{row['label']} ({kind})",
+            )
+        ceiling = sub[sub["label"] == CEILING_LABEL]
+        ceiling_mean = float(ceiling[f"{HEADLINE}/mean"].iloc[0]) if not ceiling.empty else math.nan
+        if math.isfinite(ceiling_mean):
+            everything.append(ceiling_mean)
+        low, high = (min(everything), max(everything)) if everything else (0.0, 100.0)
+        pad = max(0.05 * (high - low), 1.0)
+        low, high = low - pad, high + pad
+        ax.plot([low, high], [low, high], linestyle="--", color="0.5", linewidth=1.0, label="y = x")
+        if math.isfinite(ceiling_mean):
+            ax.axhline(
+                ceiling_mean,
+                color="green",
+                linestyle=":",
+                linewidth=1.5,
+                label=f"ceiling ({CEILING_LABEL}) {ceiling_mean:.2f}",
+            )
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel(f"IID ({IID_SET}) {HEADLINE_METRIC} (×100)")
+        ax.set_ylabel(f"headline ({hset}) {HEADLINE_METRIC} (×100)")
+        ax.set_title(f"{dataset}: IID vs headline, one point per seed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     return fig
 
@@ -569,19 +1078,22 @@ def write_leaderboard(
     *,
     metrics: Sequence[str] = DEFAULT_MD_METRICS,
     plot_metric: str = DEFAULT_PLOT_METRIC,
-) -> tuple[Path, Path, Path]:
-    """Write ``leaderboard.csv`` (``%.2f``, NaN as ``nan``), ``leaderboard.md`` and ``leaderboard.png`` atomically.
+) -> tuple[Path, Path, Path, Path]:
+    """Write ``leaderboard.csv`` (``%.2f``, NaN as ``nan``), ``leaderboard.md``, ``leaderboard.png`` (the bars of
+    :func:`leaderboard_figure`) and ``leaderboard_iid_vs_headline.png`` (:func:`iid_vs_headline_figure`) atomically.
 
-    Returns the three paths (csv, md, png)."""
+    Returns the four paths (csv, md, bar png, IID-vs-headline png)."""
     _check_metrics([*metrics, plot_metric])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path, png_path = out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.png"
+    csv_path, md_path = out / "leaderboard.csv", out / "leaderboard.md"
+    png_path, line_path = out / "leaderboard.png", out / "leaderboard_iid_vs_headline.png"
     csv_text = df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, na_rep=CSV_NA_REP, lineterminator="\n")
     _atomic_write(csv_path, csv_text)
     _atomic_write(md_path, leaderboard_markdown(df, metrics))
     _atomic_write_png(png_path, leaderboard_figure(df, plot_metric))
-    return csv_path, md_path, png_path
+    _atomic_write_png(line_path, iid_vs_headline_figure(df))
+    return csv_path, md_path, png_path, line_path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -604,10 +1116,12 @@ def log_to_wandb(
     project: str = "msa-debias-bench",
     name: str | None = None,
     plot: str | os.PathLike[str] | None = None,
+    line_plot: str | os.PathLike[str] | None = None,
 ) -> bool:
     """Log the leaderboard as a ``wandb.Table`` (key ``leaderboard``) in a new run of job_type ``leaderboard``.
 
-    The plot, when given, is logged too (``leaderboard_plot``). W&B runs offline unless the user set ``WANDB_MODE``
+    The plots, when given, are logged too (``leaderboard_plot``: the bars; ``leaderboard_iid_vs_headline``: the
+    IID-vs-headline scatter). W&B runs offline unless the user set ``WANDB_MODE``
     (``os.environ.setdefault``, never forced); the run is finished with ``wandb.finish()``. Any W&B failure is
     logged as a warning and returns ``False``; it never raises.
     """
@@ -634,6 +1148,8 @@ def log_to_wandb(
             payload: dict[str, Any] = {"leaderboard": wandb.Table(columns=list(df.columns), data=data)}
             if plot is not None:
                 payload["leaderboard_plot"] = wandb.Image(str(plot))
+            if line_plot is not None:
+                payload["leaderboard_iid_vs_headline"] = wandb.Image(str(line_plot))
             run.log(payload)
         finally:
             wandb.finish()

@@ -190,7 +190,10 @@ def run_job(cfg: DictConfig) -> Path:
     for name in dm.test_set_names:
         out = method.test_outputs[name]
         ids = dm.ids_of(name)[out["index"]]
-        rows.append(pd.DataFrame({"set": name, "id": ids, "prediction": out["prediction"], "label": out["label"]}))
+        frame = {"set": name, "id": ids, "prediction": out["prediction"], "label": out["label"]}
+        # Ground truth (METHODS.md §11.1): z_m, conflict_m, group; empty strings for real data.
+        frame.update(dm.ground_truth_of(name, np.asarray(out["index"])))
+        rows.append(pd.DataFrame(frame))
     predictions = pd.concat(rows, ignore_index=True)
     tmp = run_dir / "predictions.csv.tmp"
     predictions.to_csv(tmp, index=False)
@@ -211,6 +214,7 @@ def run_job(cfg: DictConfig) -> Path:
         "test_sets": dm.test_set_names,
         "metrics": {name: method.test_metrics[name] for name in dm.test_set_names},
         "n_samples": {name: int(len(method.test_outputs[name]["index"])) for name in dm.test_set_names},
+        "diagnostics": method.summary(),
         "versions": library_versions(),
         "environment": environment(torch.get_num_threads()),
         "git_commit": git_commit(),

@@ -121,7 +121,10 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
 
 def expand(sweep: SweepConfig) -> list[Job]:
     """The sweep's grid as jobs (dataset, then row, then seed order), each with its run folder."""
-    methods = list(METHODS) if sweep.methods == ["all"] else list(sweep.methods)
+    if sweep.methods == ["all"]:  # every ranked method; reference and oracle rows are added by name
+        methods = [m for m, cls in METHODS.items() if cls.kind == "method"]
+    else:
+        methods = list(sweep.methods)
     rows: list[tuple[str, str, list[str]]] = [(m, m, []) for m in methods]
     for label, v in sweep.variants.items():
         rows.append((label, v.method, [*([f"kind={v.kind}"] if v.kind else []), *v.overrides]))

@@ -3,7 +3,13 @@
 ``method_preset`` holds dataset-specific method defaults (dotted keys into the method config),
 applied before the user's overrides and visible in the resolved config. The MOSI preset is
 GEAR's MOSI override (METHODS.md §2): dropouts 0.3 and every weight decay 0; every MOSI-family
-dataset (``synthetic``, ``mosi``, ``mosi_text``, ``mosi_utt``) gets it, the MOSEI ones none.
+dataset (``synthetic`` and its scenario presets, ``mosi``, ``mosi_text``, ``mosi_utt``) gets it, the
+MOSEI ones none.
+
+Synthetic: ``synthetic`` (scenario ``independent`` by default) and one named dataset per scenario of
+METHODS.md §11.2, ``synthetic_shared``, ``synthetic_independent`` and ``synthetic_single``: the same
+generator and config fields with that ``scenario`` as default (``<name>.bias=...`` etc. as for
+``synthetic``).
 
 Real data: ``mosi`` / ``mosei`` are MMSA release pickles (memory-mapped cache after the first
 load), ``mosi_text`` / ``mosei_text`` the real transcripts with the offline text encoder, and
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.schema import Batch, DatasetBundle, FeatureSpec, SplitData
-from datamodules.synthetic import SyntheticConfig, generate
+from datamodules.synthetic import SCENARIOS, SyntheticConfig, generate
 from datamodules.transcripts import MOSITextConfig, TranscriptConfig, data_root, load_mosei_text, load_mosi_text
 from datamodules.utterance import UtteranceConfig, load_mosi_utterance
 
@@ -118,11 +124,47 @@ def _load_release(name: str) -> Callable[[MMSAReleaseConfig], DatasetBundle]:
 
 
 @dataclass
+class SyntheticSharedConfig(SyntheticConfig):
+    """``synthetic_shared``: the synthetic benchmark with one confounder per clip (scenario ``shared``)."""
+
+    scenario: str = "shared"
+
+
+@dataclass
+class SyntheticIndependentConfig(SyntheticConfig):
+    """``synthetic_independent``: the synthetic benchmark with independent shortcuts (scenario ``independent``)."""
+
+    scenario: str = "independent"
+
+
+@dataclass
+class SyntheticSingleConfig(SyntheticConfig):
+    """``synthetic_single``: the synthetic benchmark with a shortcut in ``single_modality`` only (scenario single)."""
+
+    scenario: str = "single"
+
+
+SYNTHETIC_SCENARIO_CONFIGS: dict[str, type[SyntheticConfig]] = {
+    "shared": SyntheticSharedConfig,
+    "independent": SyntheticIndependentConfig,
+    "single": SyntheticSingleConfig,
+}
+assert set(SYNTHETIC_SCENARIO_CONFIGS) == set(SCENARIOS), "one named dataset per synthetic scenario"
+_SCENARIO_TEXT = {
+    "shared": "one confounder per clip shown by every modality",
+    "independent": "independent shortcut per modality",
+    "single": "a shortcut in synthetic.single_modality only (default text)",
+}
+
+
+@dataclass
 class DatasetEntry:
     config_class: type
     load: Callable[[Any], DatasetBundle]
     description: str
     method_preset: dict[str, Any] = field(default_factory=dict)
+    # Whether the data records shortcut ground truth (z, groups): what oracle and reference rows need.
+    has_ground_truth: bool = False
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -131,7 +173,18 @@ DATASETS: dict[str, DatasetEntry] = {
         generate,
         "seeded MOSI-shaped data with planted shortcuts and ground-truth OOD sets (no download)",
         MOSI_PRESET,
+        has_ground_truth=True,
     ),
+    **{
+        f"synthetic_{scenario}": DatasetEntry(
+            config_class,
+            generate,
+            f"synthetic with scenario={scenario}: {_SCENARIO_TEXT[scenario]}",
+            MOSI_PRESET,
+            has_ground_truth=True,
+        )
+        for scenario, config_class in SYNTHETIC_SCENARIO_CONFIGS.items()
+    },
     "mmsa": DatasetEntry(MMSAConfig, _load_mmsa, "an MMSA release pickle given by mmsa.path"),
     "mosi": DatasetEntry(
         MMSAReleaseConfig,
@@ -179,6 +232,7 @@ __all__ = [
     "FeatureSpec",
     "MMSAConfig",
     "MMSAReleaseConfig",
+    "SYNTHETIC_SCENARIO_CONFIGS",
     "SplitData",
     "get_dataset",
     "mmsa_release_path",

@@ -4,6 +4,10 @@ All tensors are held in memory and a batch is gathered by one index operation pe
 per-sample Python collate loop). Shuffling uses a seeded ``torch.Generator``, so the batch order
 of a run is a function of its seed. OOD test sets come from the dataset itself (the synthetic
 generator's ground-truth sets) and from split manifests (id lists over the standard test split).
+
+Where the data has ground truth (``SplitData.z``, the synthetic generator), every batch also carries
+``z`` and ``group``, the index of the sample's group in :attr:`MSADataModule.group_names` (one sorted
+tuple for all splits, so indices agree across splits); for real data both are None.
 """
 
 from __future__ import annotations
@@ -18,9 +22,18 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, SubsetRandomSampler
 
-from datamodules.schema import Batch, DataError, DatasetBundle, FeatureSpec, SplitData
+from datamodules.schema import (
+    Batch,
+    DataError,
+    DatasetBundle,
+    FeatureSpec,
+    SplitData,
+    ground_truth_columns,
+    group_index,
+    sorted_group_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +46,24 @@ _TENSOR_KEYS = {
     "audio_lengths": torch.long,
     "vision": torch.float32,
     "vision_lengths": torch.long,
+    "z": torch.float32,
 }
 
 
 class TensorSplit(Dataset):
-    """A split as tensors; ``split[list_of_indices]`` returns a whole Batch."""
+    """A split as tensors; ``split[list_of_indices]`` returns a whole Batch.
 
-    def __init__(self, split: SplitData) -> None:
+    ``group``: int64 (N,) group index of every row (only with ground truth), gathered as ``Batch.group``."""
+
+    def __init__(self, split: SplitData, group: np.ndarray | None = None) -> None:
         self.ids = split.ids
         self.tensors = {
             key: torch.as_tensor(np.ascontiguousarray(getattr(split, key)), dtype=dtype)
             for key, dtype in _TENSOR_KEYS.items()
             if getattr(split, key) is not None
         }
+        if group is not None:
+            self.tensors["group"] = torch.as_tensor(np.asarray(group, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.tensors["label"].shape[0])
@@ -150,7 +168,10 @@ class MSADataModule(L.LightningDataModule):
             tests[name] = tests["test"].subset(rows)
         self.test_splits = tests
         self.dataset_name = bundle.name
+        # Groups of METHODS.md §10.2 over every split as held here (the train labels after any label noise).
+        self.group_names: tuple[str, ...] = sorted_group_names([self.train_split, self.valid_split, *tests.values()])
         self._tensors: dict[str, TensorSplit] = {}
+        self.train_repeats: np.ndarray | None = None
 
     @property
     def spec(self) -> FeatureSpec:
@@ -168,6 +189,32 @@ class MSADataModule(L.LightningDataModule):
         """Sample ids of a named set ('train', 'valid' or a test set)."""
         return self._split(set_name).ids
 
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether the data records shortcut ground truth (``z``, groups): synthetic yes, real data no."""
+        return self.train_split.z is not None
+
+    def groups_of(self, set_name: str) -> np.ndarray | None:
+        """int64 (N,) group index (into :attr:`group_names`) of every sample of a named set; None without ground
+        truth."""
+        split = self._split(set_name)
+        return None if split.z is None else group_index(split.groups, self.group_names)
+
+    def train_group_counts(self) -> np.ndarray:
+        """int64 array aligned with :attr:`group_names`: the number of training samples in each group (empty for
+        real data)."""
+        groups = self.groups_of("train")
+        if groups is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.bincount(groups, minlength=len(self.group_names)).astype(np.int64)
+
+    def ground_truth_of(self, set_name: str, index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The ground-truth columns of ``predictions.csv`` (``schema.GROUND_TRUTH_COLUMNS``) for rows ``index``
+        (default: all) of a named set; empty strings for real data."""
+        split = self._split(set_name)
+        rows = np.arange(len(split)) if index is None else np.asarray(index, dtype=np.int64)
+        return ground_truth_columns(split.label[rows], None if split.z is None else split.z[rows])
+
     def _split(self, name: str) -> SplitData:
         if name == "train":
             return self.train_split
@@ -179,12 +226,32 @@ class MSADataModule(L.LightningDataModule):
 
     def _tensor_split(self, name: str) -> TensorSplit:
         if name not in self._tensors:
-            self._tensors[name] = TensorSplit(self._split(name))
+            self._tensors[name] = TensorSplit(self._split(name), self.groups_of(name))
         return self._tensors[name]
+
+    def set_train_repeats(self, repeats: np.ndarray | None) -> None:
+        """Upsample training samples: sample i appears ``repeats[i]`` times per epoch (JTT's stage 2); None = once.
+        Takes effect for train loaders created afterwards."""
+        if repeats is not None:
+            repeats = np.asarray(repeats)
+            if repeats.shape != (len(self.train_split),) or not np.issubdtype(repeats.dtype, np.integer):
+                raise ValueError(f"train repeats must be integers of shape ({len(self.train_split)},), "
+                                 f"got {repeats.dtype} {repeats.shape}")
+            if (repeats < 0).any() or repeats.sum() == 0:
+                raise ValueError("train repeats must be >= 0 and select at least one sample")
+        self.train_repeats = repeats
+
+    def eval_dataloader(self, name: str) -> DataLoader:
+        """Sequential batches of any named set ('train', 'valid' or a test set), e.g. to score the training set."""
+        return self._loader(name, shuffle=False)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         data = self._tensor_split(name)
-        if shuffle:
+        if shuffle and name == "train" and self.train_repeats is not None:
+            generator = torch.Generator().manual_seed(self.seed)
+            expanded = np.repeat(np.arange(len(data)), self.train_repeats).tolist()
+            sampler = BatchSampler(SubsetRandomSampler(expanded, generator=generator), self.batch_size, drop_last=False)
+        elif shuffle:
             generator = torch.Generator().manual_seed(self.seed)
             sampler = BatchSampler(RandomSampler(data, generator=generator), self.batch_size, drop_last=False)
         else:

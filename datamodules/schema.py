@@ -4,11 +4,19 @@
 tensors (what methods consume), and `FeatureSpec` describes the modalities, dims and maximum
 lengths *read from the data* (never from constants). Every modality is optional: a dataset may
 provide any non-empty subset of {text, audio, vision}, and sequences may have length 1.
+
+Ground truth (METHODS.md §11.1): a dataset that knows its shortcuts (the synthetic generator) records
+``z`` per sample, the shortcut sign of each modality in the fixed order text, audio, vision (0 where
+the modality carries no shortcut). :func:`label_sign`, :func:`conflict_flags` and :func:`group_names_of`
+derive the bias-conflict flags and the group of METHODS.md §10.2 (e.g. ``+|t+a-v+``) from labels and
+``z``, vectorised; :func:`ground_truth_columns` renders them as the ``predictions.csv`` columns
+:data:`GROUND_TRUTH_COLUMNS`. Real datasets have no ``z`` (None) and no groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,6 +26,12 @@ from torch import Tensor
 
 MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
 LABEL_MIN, LABEL_MAX = -3.0, 3.0
+# Ground-truth columns of predictions.csv, after set,id,prediction,label (METHODS.md §11.1).
+GROUND_TRUTH_COLUMNS: tuple[str, ...] = (
+    *(f"z_{m}" for m in MODALITIES),
+    *(f"conflict_{m}" for m in MODALITIES),
+    "group",
+)
 
 TextInput = Literal["features", "ids"]
 
@@ -34,6 +48,12 @@ class SplitData:
     mask, segment ids); ``audio`` / ``vision`` float32 (N, T, d); ``*_lengths`` int64 (N,) in
     [1, T]; ``label`` float32 (N,) in [-3, 3]; ``ids`` str (N,) unique; ``raw_text`` str (N,),
     used by the OOD split builder only and never a model input.
+
+    ``z`` (optional, ground truth): int8 (N, 3), columns in the fixed order text, audio, vision
+    whatever modalities are present; z_m in {-1, +1} is the sign of the shortcut that modality m
+    shows for the sample, 0 where m carries no shortcut. It describes the data, not the model input:
+    it keeps all three columns when modalities are dropped. Only the synthetic generator records it;
+    real datasets leave it None.
     """
 
     ids: np.ndarray
@@ -46,9 +66,15 @@ class SplitData:
     vision: np.ndarray | None = None
     vision_lengths: np.ndarray | None = None
     raw_text: np.ndarray | None = None
+    z: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """Group name of every sample (:func:`group_names_of`), or None without ground truth."""
+        return None if self.z is None else group_names_of(self.label, self.z)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -73,7 +99,7 @@ class SplitData:
         )
 
     def drop_modalities(self, keep: tuple[str, ...] | list[str]) -> SplitData:
-        """A view with only the modalities in ``keep`` (others set to None)."""
+        """A view with only the modalities in ``keep`` (others set to None); ``z`` keeps all three columns."""
         unknown = set(keep) - set(MODALITIES)
         if unknown:
             raise DataError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
@@ -112,6 +138,12 @@ class SplitData:
             )
         if self.raw_text is not None and self.raw_text.shape != (n,):
             raise DataError(f"{where}: key 'raw_text' has shape {self.raw_text.shape}, expected ({n},)")
+        if self.z is not None:
+            if self.z.shape != (n, len(MODALITIES)):
+                raise DataError(f"{where}: key 'z' has shape {self.z.shape}, expected ({n}, {len(MODALITIES)})")
+            bad_z = ~np.isin(self.z, (-1, 0, 1))
+            if bad_z.any():
+                raise DataError(f"{where}: key 'z' has {int(bad_z.sum())} values outside {{-1, 0, 1}}")
         for name in ("text", "audio", "vision"):
             arr = getattr(self, name)
             if arr is None:
@@ -140,6 +172,71 @@ def _check_lengths(lengths: np.ndarray, n: int, t_max: int, what: str) -> None:
         raise DataError(
             f"{what} must lie in [1, {t_max}] (the sequence length), got min {lengths.min()} max {lengths.max()}"
         )
+
+
+def label_sign(label: np.ndarray) -> np.ndarray:
+    """sign(y) as int8 (N,): +1 for y >= 0, -1 otherwise (METHODS.md §10.2)."""
+    return np.where(np.asarray(label) >= 0, 1, -1).astype(np.int8)
+
+
+def conflict_flags(label: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """int8 (N, 3): 1 where modality m carries a shortcut (z_m != 0) whose sign differs from sign(y), else 0."""
+    z = np.asarray(z)
+    return ((z != 0) & (z != label_sign(label)[:, None])).astype(np.int8)
+
+
+def group_names_of(label: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Group name per sample (str (N,)): ``+`` if y >= 0 else ``-``, then ``|``, then for every modality with
+    z_m != 0, in text/audio/vision order, its initial and the sign of z_m, e.g. ``+|t+a-v+`` (``+|`` when no
+    modality carries a shortcut)."""
+    label, z = np.asarray(label), np.asarray(z)
+    if z.ndim != 2 or z.shape != (label.shape[0], len(MODALITIES)):
+        raise ValueError(f"z must have shape ({label.shape[0]}, {len(MODALITIES)}), got {z.shape}")
+    names = np.where(label >= 0, "+|", "-|").astype(object)
+    for k, m in enumerate(MODALITIES):
+        part = np.where(z[:, k] > 0, f"{m[0]}+", f"{m[0]}-")
+        names = names + np.where(z[:, k] != 0, part, "").astype(object)
+    return names.astype(str)
+
+
+def group_index(groups: np.ndarray, names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """int64 (N,): the position of every sample's group in ``names`` (sorted, holding every group of ``groups``)."""
+    groups = np.asarray(groups, dtype=str)
+    lookup = {name: i for i, name in enumerate(names)}
+    missing = sorted(set(groups.tolist()) - set(lookup))
+    if missing:
+        raise ValueError(f"groups {missing[:5]} are not among the group names {list(names)}")
+    if groups.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    return np.array([lookup[u] for u in unique.tolist()], dtype=np.int64)[inverse.reshape(-1)]
+
+
+def sorted_group_names(splits: Iterable[SplitData]) -> tuple[str, ...]:
+    """Every group name occurring in any of ``splits`` (those with ``z``), sorted; empty without ground truth."""
+    names: set[str] = set()
+    for split in splits:
+        if split.z is not None:
+            names.update(split.groups.tolist())
+    return tuple(sorted(names))
+
+
+def ground_truth_columns(label: np.ndarray, z: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The :data:`GROUND_TRUTH_COLUMNS` of ``predictions.csv`` as str arrays (N,): ``z_m`` as -1 / 0 / 1,
+    ``conflict_m`` as 0 / 1 and empty where z_m = 0 (no shortcut), ``group``; all empty strings when ``z`` is
+    None (real data)."""
+    n = int(np.asarray(label).shape[0])
+    if z is None:
+        return {col: np.full(n, "", dtype=object) for col in GROUND_TRUTH_COLUMNS}
+    z = np.asarray(z)
+    flags = conflict_flags(label, z)
+    out: dict[str, np.ndarray] = {}
+    for k, m in enumerate(MODALITIES):
+        out[f"z_{m}"] = z[:, k].astype(np.int64).astype(str).astype(object)
+    for k, m in enumerate(MODALITIES):
+        out[f"conflict_{m}"] = np.where(z[:, k] != 0, flags[:, k].astype(str), "").astype(object)
+    out["group"] = group_names_of(label, z).astype(object)
+    return out
 
 
 @dataclass(frozen=True)
@@ -174,7 +271,14 @@ class FeatureSpec:
 
 @dataclass
 class Batch:
-    """A mini-batch. Absent modalities are None; lengths count valid steps (the rest is padding)."""
+    """A mini-batch. Absent modalities are None; lengths count valid steps (the rest is padding).
+
+    Ground truth, only where the data has it (the synthetic generator; None for real data): ``z`` float32
+    (B, 3), the shortcut sign per modality in text/audio/vision order (0 = no shortcut), and ``group`` long
+    (B,), the index of each sample's group (METHODS.md §10.2) in the datamodule's ``group_names``. They
+    are for oracle rows and diagnostics (Group DRO, oracle reweighting, bias-identification AUROC), never a
+    model input.
+    """
 
     label: Tensor
     index: Tensor
@@ -185,6 +289,8 @@ class Batch:
     audio_lengths: Tensor | None = None
     vision: Tensor | None = None
     vision_lengths: Tensor | None = None
+    z: Tensor | None = None
+    group: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -212,10 +318,18 @@ class Batch:
         return steps[None, :] < self.text_lengths[:, None]
 
     @classmethod
-    def from_split(cls, split: SplitData, index: np.ndarray | Tensor) -> Batch:
+    def from_split(
+        cls, split: SplitData, index: np.ndarray | Tensor, group_names: tuple[str, ...] | None = None
+    ) -> Batch:
         """Gather rows ``index`` of a split into tensors (used by tests and tools; the datamodule
-        gathers from tensors it already holds)."""
+        gathers from tensors it already holds). ``group`` indexes ``group_names`` (default: the sorted
+        groups of this split alone; pass the datamodule's to agree with its batches)."""
         idx = np.asarray(index, dtype=np.int64)
+        group = None
+        if split.z is not None:
+            groups = split.groups
+            names = tuple(group_names) if group_names is not None else tuple(sorted(set(groups.tolist())))
+            group = torch.as_tensor(group_index(groups[idx], names))
 
         def take(arr: np.ndarray | None, dtype: torch.dtype) -> Tensor | None:
             return None if arr is None else torch.as_tensor(np.ascontiguousarray(arr[idx]), dtype=dtype)
@@ -230,13 +344,18 @@ class Batch:
             audio_lengths=take(split.audio_lengths, torch.long),
             vision=take(split.vision, torch.float32),
             vision_lengths=take(split.vision_lengths, torch.long),
+            z=take(split.z, torch.float32),
+            group=group,
         )
 
 
 @dataclass
 class DatasetBundle:
     """Everything a datamodule needs: the standard splits, any extra named test sets with ground
-    truth (the synthetic generator's OOD sets), and the source file's SHA-256 (for manifests)."""
+    truth (the synthetic generator's OOD sets), and the source file's SHA-256 (for manifests).
+
+    Ground truth is all or nothing: either every split (train, valid, test and every extra test set)
+    records ``z`` (the synthetic generator) or none does (real data)."""
 
     name: str
     train: SplitData
@@ -254,6 +373,11 @@ class DatasetBundle:
             getattr(self, split_name).validate(f"{where} [split {split_name}]")
         for name, split in self.extra_tests.items():
             split.validate(f"{where} [test set {name}]")
+        named = [("train", self.train), ("valid", self.valid), ("test", self.test), *self.extra_tests.items()]
+        with_z = [split_name for split_name, split in named if split.z is not None]
+        if with_z and len(with_z) != len(named):
+            without = [split_name for split_name, split in named if split.z is None]
+            raise DataError(f"{where}: key 'z' is present in {with_z} but missing in {without}; all splits or none")
         spec = self.spec
         for split_name, split in [("valid", self.valid), ("test", self.test), *self.extra_tests.items()]:
             other = FeatureSpec.from_split(split)

@@ -2,10 +2,12 @@
 
 In the spirit of DomainBed's ColoredMNIST: every modality carries a *causal* sentiment signal of
 its own strength (text strongest) and a *planted shortcut* that agrees with the label's sign with
-probability ``bias`` in train, valid and the IID test set. The generator also emits ground-truth
-OOD test sets in which the shortcut of one modality (``ood_text``, ``ood_audio``, ``ood_vision``)
-or of all three (``ood_tav``) carries no information (``ood_mode=random``) or the reversed sign
-(``ood_mode=reversed``), while everything else is drawn as in the IID test set.
+probability ``bias`` in train, valid and the IID test set (``train_bias``, when set, replaces ``bias``
+in train and valid only: ``train_bias=0.5`` is the unbiased world of the ceiling row, METHODS.md
+§10.1). The generator also emits ground-truth OOD test sets in which the shortcut of one modality
+(``ood_text``, ``ood_audio``, ``ood_vision``) or of all three (``ood_tav``) carries no information
+(``ood_mode=random``) or the reversed sign (``ood_mode=reversed``), while everything else is drawn as
+in the IID test set.
 
 Generative story for a clip with label y:
 
@@ -20,15 +22,37 @@ Generative story for a clip with label y:
 * audio / vision: frames x_t = N(0, 1) + ``strength[m]`` * c_m * u_m + ``shortcut_strength`` * z_m * s_m
   over a variable number of valid frames (zero padding after), u_m and s_m fixed orthogonal
   unit directions.
-* z_m = s(y) with probability ``bias``, else -s(y), where s(y) = +1 for y >= 0 and -1 otherwise.
-  Only the modalities in ``shortcut_modalities`` (default: all three) carry the shortcut; elsewhere
-  z_m agrees with s(y) with probability 0.5 in every split (same random draws, so the default data
-  is unchanged), e.g. ``synthetic.shortcut_modalities=[vision]`` plants it in vision only.
+* z_m = s(y) with probability ``bias`` (the *agreement*), else -s(y), where s(y) = +1 for y >= 0 and
+  -1 otherwise. Only the modalities in ``shortcut_modalities`` (default: all three) carry the shortcut;
+  elsewhere z_m agrees with s(y) with probability 0.5 in every split (same random draws, so the default
+  data is unchanged), e.g. ``synthetic.shortcut_modalities=[vision]`` plants it in vision only.
+
+Scenarios (``scenario``, METHODS.md §11.2) say how the shortcut signs of a clip relate:
+
+* ``independent`` (the design of every earlier run folder): z_m drawn independently per modality, so
+  a clip conflicting in all three modalities is rare ((1 - bias)^3).
+* ``shared``: one confounder per clip, a single z drawn with agreement ``bias`` and shown by every
+  shortcut modality, so a fraction 1 - bias of training clips conflict in all of them at once. In an
+  OOD set breaking a modality set B: if B covers every shortcut modality (``ood_tav``) one shared z per
+  clip is drawn at the OOD agreement (0.5 for ``random``, 1 - bias for ``reversed``); otherwise each
+  modality in B gets its own z at the OOD agreement and the others keep the shared z drawn at ``bias``.
+* ``single``: a shortcut in ``single_modality`` only (the effective ``shortcut_modalities`` is
+  ``[single_modality]``; setting both is an error), and only the OOD sets that break it are made.
+
+Every scenario draws the same labels, causal signals, lengths and noise for a seed (the extra draws
+of ``shared`` come from their own seed streams), so ``independent`` data is bitwise what it was before
+scenarios existed, and ``train_bias=None`` changes nothing.
+
+Ground truth (METHODS.md §11.1): every split records ``z`` int8 (N, 3) in text/audio/vision order,
+z_m in {-1, +1} where modality m carries a shortcut (in the effective shortcut modalities and in
+``modalities``), 0 elsewhere (a modality without a shortcut still has random spurious cues, which are
+not a shortcut). The conflict flags and groups follow from it (:mod:`datamodules.schema`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -98,17 +122,63 @@ class SyntheticConfig:
     ood_mode: str = "random"
     clips_per_video: int = 24
     embedding_noise: float = 0.0
-    # How the shortcut signs are drawn (see SCENARIOS). ``independent``: z_m drawn per modality (the design every
-    # earlier run folder used).
+    # How the shortcut signs are drawn (see SCENARIOS and the module docstring). ``independent``: z_m drawn per
+    # modality (the design every earlier run folder used); ``shared``: one z per clip shown by every shortcut
+    # modality; ``single``: a shortcut in ``single_modality`` only.
     scenario: str = "independent"
+    # Agreement of the shortcuts in train and valid (None = ``bias``); the IID test set keeps ``bias``. 0.5 gives
+    # the unbiased world of the ceiling row (same labels, signals and sizes).
+    train_bias: Optional[float] = None
+    # The one shortcut modality of scenario ``single``.
+    single_modality: str = "text"
+
+    def __post_init__(self) -> None:
+        _check_scenario(self)
 
 
-SCENARIOS = ("independent",)
+SCENARIOS = ("independent", "shared", "single")
+_DEFAULT_SHORTCUT_MODALITIES = ("text", "audio", "vision")
+_SHARED_STREAM = 1001  # seed-stream key of the shared confounder's draws (never used by ``independent``)
+
+
+def _check_scenario(cfg: SyntheticConfig) -> None:
+    """Scenario keys only (also run when the config object is built, e.g. by ``to_object``)."""
+    if cfg.scenario not in SCENARIOS:
+        raise ValueError(f"synthetic.scenario must be one of {list(SCENARIOS)}, got {cfg.scenario!r}")
+    if cfg.single_modality not in _DEFAULT_SHORTCUT_MODALITIES:
+        raise ValueError(
+            f"synthetic.single_modality must be one of {list(_DEFAULT_SHORTCUT_MODALITIES)}, "
+            f"got {cfg.single_modality!r}"
+        )
+    if cfg.scenario == "single":
+        if sorted(cfg.shortcut_modalities) != sorted(_DEFAULT_SHORTCUT_MODALITIES):
+            raise ValueError(
+                f"synthetic.scenario=single takes its shortcut modality from synthetic.single_modality "
+                f"({cfg.single_modality!r}); do not also set synthetic.shortcut_modalities "
+                f"(got {list(cfg.shortcut_modalities)})"
+            )
+    elif cfg.single_modality != "text":
+        raise ValueError(
+            f"synthetic.single_modality={cfg.single_modality!r} applies to synthetic.scenario=single only "
+            f"(scenario is {cfg.scenario!r}); use synthetic.shortcut_modalities=[...] for other scenarios"
+        )
+
+
+def shortcut_modalities_of(cfg: SyntheticConfig) -> tuple[str, ...]:
+    """The modalities that carry a shortcut, in text/audio/vision order: the effective ``shortcut_modalities``
+    (``[single_modality]`` for scenario ``single``) that are also in ``modalities``."""
+    chosen = [cfg.single_modality] if cfg.scenario == "single" else list(cfg.shortcut_modalities)
+    return tuple(m for m in _DEFAULT_SHORTCUT_MODALITIES if m in chosen and m in cfg.modalities)
 
 
 def _check_config(cfg: SyntheticConfig) -> None:
-    if cfg.scenario not in SCENARIOS:
-        raise ValueError(f"synthetic.scenario must be one of {list(SCENARIOS)}, got {cfg.scenario!r}")
+    _check_scenario(cfg)
+    if cfg.train_bias is not None and not 0.0 <= cfg.train_bias <= 1.0:
+        raise ValueError(f"synthetic.train_bias must lie in [0, 1] (or null = bias), got {cfg.train_bias}")
+    if cfg.scenario == "single" and cfg.single_modality not in cfg.modalities:
+        raise ValueError(
+            f"synthetic.single_modality={cfg.single_modality!r} is not among synthetic.modalities {cfg.modalities}"
+        )
     if not 0.0 <= cfg.bias <= 1.0:
         raise ValueError(f"synthetic.bias must lie in [0, 1], got {cfg.bias}")
     if cfg.ood_mode not in ("random", "reversed"):
@@ -214,29 +284,58 @@ def _frames(
     return x, lengths
 
 
-def _split(cfg: SyntheticConfig, world: _World, name: str, n: int, broken: tuple[str, ...]) -> SplitData:
+def _split(
+    cfg: SyntheticConfig, world: _World, name: str, n: int, broken: tuple[str, ...], agree_iid: float
+) -> SplitData:
+    """One split; ``broken`` are the modalities whose shortcut this set breaks, ``agree_iid`` the agreement of the
+    unbroken shortcuts (``bias``, or ``train_bias`` in train and valid)."""
     code = _SPLIT_CODES[name]
     y = _labels(np.random.default_rng(np.random.SeedSequence([cfg.seed, code])), n)
     ood_agree = 0.5 if cfg.ood_mode == "random" else 1.0 - cfg.bias
+    shortcuts = shortcut_modalities_of(cfg)
+    shared, covers = None, set(shortcuts) <= set(broken)
+    if cfg.scenario == "shared" and shortcuts:
+        shared_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, code, _SHARED_STREAM]))
+        shared = _shortcut_sign(shared_rng, y, ood_agree if covers else agree_iid)
     data: dict[str, np.ndarray] = {}
+    z_all = np.zeros((n, 3), dtype=np.int8)
     for k, m in enumerate(("text", "audio", "vision")):
         if m not in cfg.modalities:
             continue
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, code, k + 1]))
         c = (y / 3.0 + cfg.noise[m] * rng.standard_normal(n)).astype(np.float32)
-        agree = 0.5 if m not in cfg.shortcut_modalities else ood_agree if m in broken else cfg.bias
+        agree = 0.5 if m not in shortcuts else ood_agree if m in broken else agree_iid
+        # Always drawn from the modality's stream (so every later draw of that stream is the same in every
+        # scenario); ``shared`` then shows the clip's confounder instead, except in a modality this set breaks
+        # on its own.
         z = _shortcut_sign(rng, y, agree)
+        if shared is not None and m in shortcuts and (covers or m not in broken):
+            z = shared
+        if m in shortcuts:
+            z_all[:, k] = z.astype(np.int8)
         if m == "text":
             data["text"], data["text_ids"], data["text_lengths"], data["raw_text"] = _text(rng, cfg, world, c, z)
         else:
             data[m], data[f"{m}_lengths"] = _frames(rng, cfg, world, m, c, z)
     clip = np.arange(n)
     ids = np.array([f"syn_{name}_v{k // cfg.clips_per_video:03d}$_${k % cfg.clips_per_video + 1}" for k in clip])
-    return SplitData(ids=ids, label=y, **data)
+    return SplitData(ids=ids, label=y, z=z_all, **data)
+
+
+def ood_sets_of(cfg: SyntheticConfig) -> dict[str, tuple[str, ...]]:
+    """The OOD sets the generator makes (name -> broken modalities): those touching a present modality, and for
+    scenario ``single`` only those that break its shortcut modality."""
+    shortcuts = set(shortcut_modalities_of(cfg))
+    return {
+        name: broken
+        for name, broken in OOD_SETS.items()
+        if set(broken) & set(cfg.modalities) and (cfg.scenario != "single" or set(broken) & shortcuts)
+    }
 
 
 def generate(cfg: SyntheticConfig | None = None) -> DatasetBundle:
-    """Generate the benchmark: train / valid / IID test plus the four ground-truth OOD test sets.
+    """Generate the benchmark: train / valid / IID test plus the ground-truth OOD test sets (:func:`ood_sets_of`),
+    every split with its ground truth ``z``.
 
     Deterministic for ``cfg.seed``; each split draws from its own seed stream, so changing one
     split's size leaves the others unchanged.
@@ -244,15 +343,15 @@ def generate(cfg: SyntheticConfig | None = None) -> DatasetBundle:
     cfg = cfg or SyntheticConfig()
     _check_config(cfg)
     world = _World(cfg)
+    train_agree = cfg.bias if cfg.train_bias is None else cfg.train_bias
     bundle = DatasetBundle(
-        name="synthetic",
-        train=_split(cfg, world, "train", cfg.n_train, ()),
-        valid=_split(cfg, world, "valid", cfg.n_valid, ()),
-        test=_split(cfg, world, "test", cfg.n_test, ()),
+        name="synthetic" if cfg.scenario == "independent" else f"synthetic_{cfg.scenario}",
+        train=_split(cfg, world, "train", cfg.n_train, (), train_agree),
+        valid=_split(cfg, world, "valid", cfg.n_valid, (), train_agree),
+        test=_split(cfg, world, "test", cfg.n_test, (), cfg.bias),
         extra_tests={
-            name: _split(cfg, world, name, cfg.n_ood, broken)
-            for name, broken in OOD_SETS.items()
-            if cfg.n_ood > 0 and set(broken) & set(cfg.modalities)
+            name: _split(cfg, world, name, cfg.n_ood, broken, cfg.bias)
+            for name, broken in (ood_sets_of(cfg).items() if cfg.n_ood > 0 else ())
         },
     )
     bundle.validate("synthetic generator")

@@ -10,8 +10,11 @@ from methods.baseline import Baseline
 from methods.camib import CaMIB
 from methods.clue import Clue
 from methods.gear import Gear
+from methods.groupdro import OracleGroupDRO
+from methods.jtt import JTT
 from methods.lff import LfF
 from methods.mmci import MMCI
+from methods.reweight import OracleReweight
 from methods.rubi import Rubi
 
 METHODS: dict[str, type[MSAMethod]] = {
@@ -22,6 +25,9 @@ METHODS: dict[str, type[MSAMethod]] = {
     "clue": Clue,
     "lff": LfF,
     "rubi": Rubi,
+    "jtt": JTT,
+    "oracle_groupdro": OracleGroupDRO,
+    "oracle_reweight": OracleReweight,
 }
 
 

@@ -68,6 +68,8 @@ class MSAMethod(L.LightningModule):
     # Leaderboard kind of the method's row (METHODS §10): ``method`` (ranked), ``reference`` (what is possible,
     # e.g. a ceiling) or ``oracle`` (uses information a real dataset does not have); never ranked as methods.
     kind: ClassVar[str] = "method"
+    # True for rows that train on the synthetic generator's ground truth (oracle rows): refused on real data.
+    needs_ground_truth: ClassVar[bool] = False
 
     def __init__(self, dims: FeatureSpec, cfg: MethodConfig) -> None:
         super().__init__()
@@ -87,6 +89,10 @@ class MSAMethod(L.LightningModule):
     def predict(self, batch: Batch) -> Tensor:
         """The method's sentiment score per sample, (B,), as used for evaluation."""
         raise NotImplementedError(f"{type(self).__name__} must implement predict(batch)")
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific diagnostics of the whole run, written to result.json under ``diagnostics``."""
+        return {}
 
     def predict_heads(self, batch: Batch) -> dict[str, Tensor]:
         """Extra heads to monitor on valid (name -> (B,) predictions); none by default."""

@@ -225,5 +225,5 @@ class Gear(WeightDiagnostics, MSAMethod):
             **{f"Lb_{m}": value for m, value in out.bias_losses.items()},
             **{f"bias_mae_{m}": err.mean() for m, err in out.bias_errors.items()},
         }
-        self.log_weighting(values, out.weights, len(batch))
+        self.log_weighting(values, out.weights, len(batch), batch=batch)
         return out.loss

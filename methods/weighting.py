@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from methods.bias_id import conflict_flags, identification_record
+
 GMAE_VARIANTS: tuple[str, ...] = ("tanh", "sigmoid", "exp", "cauchy", "none")
 WEIGHT_MODES: tuple[str, ...] = ("avg", "min", "none")
 GMAE_MIN_RESIDUAL = 1e-8  # r is clamped to this before r ** (-q) in the tanh variant
@@ -119,12 +121,21 @@ class WeightDiagnostics:
     logged as ``train/w_p*_epoch`` (the CSV logger has no histograms)."""
 
     _epoch_weights: list[Tensor]
+    _epoch_conflicts: list[Tensor]
+    bias_identification: list[dict[str, Any]]
     log: Any
+    current_epoch: int
 
-    def log_weighting(self, values: dict[str, Tensor | float], weights: Tensor, batch_size: int) -> None:
+    def log_weighting(
+        self, values: dict[str, Tensor | float], weights: Tensor, batch_size: int, batch: Any = None
+    ) -> None:
+        """Log ``values`` and the weight summaries; with a ``batch`` carrying ground truth (``batch.z``), also keep
+        the true conflict flags for the epoch's bias-identification AUROC."""
         if not hasattr(self, "_epoch_weights"):
-            self._epoch_weights = []
+            self._epoch_weights, self._epoch_conflicts = [], []
         self._epoch_weights.append(weights.detach().cpu())
+        if batch is not None and getattr(batch, "z", None) is not None:
+            self._epoch_conflicts.append(conflict_flags(batch.z, batch.label).cpu())
         summary = weight_summary(weights)
         both = {**values, "w_mean": summary["w_mean"], "w_frac_below_0.1": summary["w_frac_below_0.1"]}
         for key, value in both.items():
@@ -134,14 +145,30 @@ class WeightDiagnostics:
             self.log(f"train/{key}", summary[key], on_step=True, on_epoch=False, batch_size=batch_size)
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_weights = []
+        self._epoch_weights, self._epoch_conflicts = [], []
 
     def on_train_epoch_end(self) -> None:
-        """Exact quantiles of every IPW weight of the epoch (the per-epoch histogram summary)."""
+        """Exact quantiles of every IPW weight of the epoch (the per-epoch histogram summary) and, on data with
+        ground truth, the AUROC of the weight against the true conflict flag (``train/w_auroc_conflict``; kept per
+        epoch in ``bias_identification`` for result.json)."""
         weights = getattr(self, "_epoch_weights", [])
         if not weights:
             return
-        summary = weight_summary(torch.cat(weights))
+        all_weights = torch.cat(weights)
+        summary = weight_summary(all_weights)
         for key in ("w_p10", "w_p50", "w_p90"):
             self.log(f"train/{key}_epoch", summary[key], on_step=False, on_epoch=True)
-        self._epoch_weights = []
+        conflicts = getattr(self, "_epoch_conflicts", [])
+        if conflicts and sum(c.numel() for c in conflicts) == all_weights.numel():
+            record = identification_record(
+                all_weights.double().numpy(), torch.cat(conflicts).numpy(), self.current_epoch, "w"
+            )
+            if not hasattr(self, "bias_identification"):
+                self.bias_identification = []
+            self.bias_identification.append(record)
+            self.log("train/w_auroc_conflict", record["auroc"], on_step=False, on_epoch=True)
+        self._epoch_weights, self._epoch_conflicts = [], []
+
+    def summary(self) -> dict[str, Any]:
+        """Per-epoch bias identification (AUROC of the IPW weight against the true conflict flags)."""
+        return {"bias_identification": list(getattr(self, "bias_identification", []))}

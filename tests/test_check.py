@@ -173,8 +173,8 @@ def test_reference_errors_name_file_and_cell(tmp_path):
 def test_a_reference_cell_without_current_runs_is_an_error():
     ref = _draws(np.random.default_rng(0), 3, list(range(8)))
     cur = _draws(np.random.default_rng(1), 3, [100, 101])
-    with pytest.raises(ck.ReferenceError, match="method m on synthetic, set set02"):
-        ck.compare(ref, cur[cur["set"] != "set02"])
+    with pytest.raises(ck.ReferenceError, match="ref.csv have no current runs: method m on synthetic, set set02"):
+        ck.compare(ref, cur[cur["set"] != "set02"], source="ref.csv")
     # a cell only the current runs have (a new method) is not an error
     extra = cur.assign(label="new")
     assert len(ck.compare(ref, pd.concat([cur, extra]))) == 3

@@ -4,7 +4,13 @@ Fixture rows (tests/fixtures/runs/default): ``baseline`` and ``gear`` on ``synth
 ``test`` + ``ood_text``; gear s1113 has only ``test``; no ``label`` field, so the label is the method), the variant
 ``gear_noipw`` of ``gear`` on ``synthetic`` (seeds 1111-1112, ``test`` + the 4 synthetic OOD sets) and ``baseline``
 on ``mosi_utt`` (manifest-named OOD sets: s1111 ``test_nn_text`` + ``test_nn_audio``, s1112 only ``test_nn_text``),
-plus one incomplete folder (no ``done``).
+plus one incomplete folder (no ``done``). Their predictions.csv has no ground-truth columns (old run folders).
+
+Fixture rows (tests/fixtures/runs_gt, written by tests/fixtures/make_runs_gt.py): predictions.csv with the
+ground-truth columns (METHODS §11.1). ``synthetic`` (sets ``test``, ``ood_text``, ``ood_tav``; shortcuts in text and
+audio, none in vision; every ``ood_tav`` clip conflicts): ``baseline`` (no ``kind`` field), ``gear``, ``jtt`` (seeds
+1111-1112 only), ``erm_unbiased`` (kind ``reference``), ``oracle_groupdro`` (kind ``oracle``); ``mosi_utt`` (real
+data: ground-truth columns empty; sets ``test``, ``test_nn_text``, ``test_nn_tav``): ``baseline`` and ``gear``.
 """
 
 from __future__ import annotations
@@ -19,31 +25,46 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 
 from benchmarks.cli import main as cli_main
 from benchmarks.leaderboard import (
     CONVENTION,
+    DIFF_COLUMNS,
+    GROUND_TRUTH_COLUMNS,
+    GROUP_METRICS,
     ID_COLUMNS,
+    STATS,
     build_leaderboard,
     find_runs,
+    group_metrics,
+    headline_set,
+    iid_vs_headline_figure,
     leaderboard_figure,
     leaderboard_markdown,
     load_run,
     log_to_wandb,
+    run_group_metrics,
     write_leaderboard,
 )
+from benchmarks.statistics import bootstrap_mean_ci, paired_difference
 from methods import METHODS
 from methods.metrics import METRIC_KEYS, msa_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RUNS = FIXTURES / "runs"
+RUNS_GT = FIXTURES / "runs_gt"
 EXPECTED_CSV = FIXTURES / "leaderboard_expected.csv"
 EXPECTED_MD = FIXTURES / "leaderboard_expected.md"
+EXPECTED_GT_CSV = FIXTURES / "leaderboard_gt_expected.csv"
+EXPECTED_GT_MD = FIXTURES / "leaderboard_gt_expected.md"
 N_COMPLETE, N_INCOMPLETE = 10, 1
 ORDER = list(METHODS)  # what the CLI passes
 SETS = ["test", "test_nn_text", "test_nn_audio", "ood_text", "ood_audio", "ood_vision", "ood_tav"]
+GT_SETS = ["test", "test_nn_text", "test_nn_tav", "ood_text", "ood_tav"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+OUT_FILES = ["leaderboard.csv", "leaderboard.md", "leaderboard.png", "leaderboard_iid_vs_headline.png"]
 
 
 @pytest.fixture
@@ -51,6 +72,14 @@ def runs_copy(tmp_path: Path) -> Path:
     """A writable copy of the fixture runs (the committed fixtures are never modified)."""
     dst = tmp_path / "runs"
     shutil.copytree(RUNS, dst)
+    return dst
+
+
+@pytest.fixture
+def gt_copy(tmp_path: Path) -> Path:
+    """A writable copy of the fixture runs with ground-truth columns."""
+    dst = tmp_path / "runs_gt"
+    shutil.copytree(RUNS_GT, dst)
     return dst
 
 
@@ -88,6 +117,14 @@ def _cell(vals: list[float]) -> tuple[float, float, int]:
     return round(100 * mean, 2), round(100 * std, 2), arr.size  # Python's round of a float, as the module
 
 
+def _ci(vals: list[float]) -> tuple[float, float]:
+    """The cell's interval: statistics.bootstrap_mean_ci (tested against a loop in test_statistics) x100, 2 dp."""
+    if not vals or any(math.isnan(v) for v in vals):
+        return math.nan, math.nan
+    low, high = bootstrap_mean_ci(vals, n_resamples=10_000, level=0.95, seed=0)
+    return round(100 * low, 2) + 0.0, round(100 * high, 2) + 0.0
+
+
 def _same(got: float, expected: float) -> bool:
     return (math.isnan(got) and math.isnan(expected)) or got == expected
 
@@ -97,13 +134,15 @@ def _same(got: float, expected: float) -> bool:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_fixture_results_are_msa_metrics_of_their_predictions() -> None:
-    complete, _ = find_runs(RUNS)
-    assert len(complete) == N_COMPLETE
+@pytest.mark.parametrize("root", [RUNS, RUNS_GT])
+def test_fixture_results_are_msa_metrics_of_their_predictions(root: Path) -> None:
+    complete, _ = find_runs(root)
+    assert len(complete) == (N_COMPLETE if root == RUNS else 18)
     for run in complete:
         result = json.loads((run / "result.json").read_text())
         preds = pd.read_csv(run / "predictions.csv", dtype={"set": str, "id": str})
-        assert list(preds.columns) == ["set", "id", "prediction", "label"]
+        gt = [] if root == RUNS else list(GROUND_TRUTH_COLUMNS)
+        assert list(preds.columns) == ["set", "id", "prediction", "label", *gt]
         assert list(dict.fromkeys(preds["set"])) == result["test_sets"]
         for name in result["test_sets"]:
             rows = preds[preds["set"] == name]
@@ -152,7 +191,7 @@ def test_load_run_recompute_detects_missing_predictions(runs_copy: Path) -> None
         load_run(run, recompute=True)
 
 
-@pytest.mark.parametrize("name", ["ood_avg", "gap", "a/b"])
+@pytest.mark.parametrize("name", ["ood_avg", "gap", "headline", "worst_group", "a/b"])
 def test_load_run_rejects_set_names_that_clash_with_columns(runs_copy: Path, name: str) -> None:
     run = _complete_dir(runs_copy, "gear", 1113)
     result = json.loads((run / "result.json").read_text())
@@ -166,19 +205,23 @@ def test_load_run_rejects_set_names_that_clash_with_columns(runs_copy: Path, nam
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_leaderboard_files_match_expected_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("root", "csv", "md"), [(RUNS, EXPECTED_CSV, EXPECTED_MD), (RUNS_GT, EXPECTED_GT_CSV, EXPECTED_GT_MD)]
+)
+def test_leaderboard_files_match_expected_bytes(tmp_path: Path, root: Path, csv: Path, md: Path) -> None:
     out = tmp_path / "out"
-    csv_path, md_path, png_path = write_leaderboard(build_leaderboard(RUNS, order=ORDER), out)
-    assert (csv_path, md_path, png_path) == (out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.png")
-    assert csv_path.read_bytes() == EXPECTED_CSV.read_bytes()
-    assert md_path.read_bytes() == EXPECTED_MD.read_bytes()
-    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md", "leaderboard.png"]  # no temps
+    paths = write_leaderboard(build_leaderboard(root, order=ORDER), out)
+    assert paths == tuple(out / name for name in OUT_FILES)
+    csv_path, md_path, png_path, line_path = paths
+    assert csv_path.read_bytes() == csv.read_bytes()
+    assert md_path.read_bytes() == md.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUT_FILES)  # no temps
     # writing again is byte-identical (and replaces in place)
-    png_bytes = png_path.read_bytes()
-    write_leaderboard(build_leaderboard(RUNS, order=ORDER), out)
-    assert csv_path.read_bytes() == EXPECTED_CSV.read_bytes() and md_path.read_bytes() == EXPECTED_MD.read_bytes()
-    assert png_path.read_bytes() == png_bytes
-    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md", "leaderboard.png"]
+    png_bytes, line_bytes = png_path.read_bytes(), line_path.read_bytes()
+    write_leaderboard(build_leaderboard(root, order=ORDER), out)
+    assert csv_path.read_bytes() == csv.read_bytes() and md_path.read_bytes() == md.read_bytes()
+    assert png_path.read_bytes() == png_bytes and line_path.read_bytes() == line_bytes
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUT_FILES)
 
 
 def test_cli_writes_the_expected_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,8 +229,24 @@ def test_cli_writes_the_expected_files(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "leaderboard.csv").read_bytes() == EXPECTED_CSV.read_bytes()
     assert (tmp_path / "leaderboard.md").read_bytes() == EXPECTED_MD.read_bytes()
     assert (tmp_path / "leaderboard.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "leaderboard_iid_vs_headline.png").read_bytes().startswith(PNG_MAGIC)
     out = capsys.readouterr().out
     assert "## synthetic" in out and "leaderboard.png" in out and "10 complete runs, 1 incomplete" in out
+    assert "leaderboard_iid_vs_headline.png" in out
+
+
+def test_cli_min_group_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["leaderboard", str(RUNS_GT), "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "leaderboard.csv").read_bytes() == EXPECTED_GT_CSV.read_bytes()
+    assert cli_main(["leaderboard", str(RUNS_GT), "--out", str(tmp_path / "b"), "--min-group-size", "1"]) == 0
+    small = pd.read_csv(tmp_path / "b" / "leaderboard.csv")
+    expected = build_leaderboard(RUNS_GT, order=ORDER, min_group_size=1)
+    worst = [c for c in expected.columns if "worst_group" in c]
+    np.testing.assert_array_equal(small[worst].to_numpy(dtype=float), expected[worst].to_numpy(dtype=float))
+    default = build_leaderboard(RUNS_GT, order=ORDER)
+    assert not np.array_equal(default[worst].to_numpy(dtype=float), expected[worst].to_numpy(dtype=float))
+    assert cli_main(["leaderboard", str(RUNS_GT), "--min-group-size", "0"]) == 2
+    assert "--min-group-size" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,32 +254,53 @@ def test_cli_writes_the_expected_files(tmp_path: Path, capsys: pytest.CaptureFix
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _cells(prefix: str, names: tuple[str, ...] | list[str]) -> list[str]:
+    return [f"{prefix}/{m}/{x}" for m in names for x in ("mean", "std", "n", "ci_low", "ci_high")]
+
+
 def test_leaderboard_columns() -> None:
     df = build_leaderboard(RUNS, order=ORDER)
-    assert ID_COLUMNS == ("method", "label", "dataset", "n_seeds", "seeds", "ood_sets")
-    assert list(df.columns[:6]) == list(ID_COLUMNS)
-    # test first, then OOD sets in order of appearance over runs sorted by (dataset, label, seed), then the derived
-    blocks = [*SETS, "ood_avg", "gap"]
-    assert list(df.columns[6:]) == [f"{s}/{m}/{x}" for s in blocks for m in METRIC_KEYS for x in ("mean", "std", "n")]
+    assert ID_COLUMNS == ("method", "label", "kind", "dataset", "n_seeds", "seeds", "ood_sets", "headline_set")
+    assert STATS == ("mean", "std", "n", "ci_low", "ci_high")
+    assert DIFF_COLUMNS == (
+        "headline_diff",
+        "headline_diff_ci_low",
+        "headline_diff_ci_high",
+        "headline_diff_n",
+        "p_better",
+        "resolved",
+    )
+    assert list(df.columns[:8]) == list(ID_COLUMNS)
+    # test first (metrics, then group metrics), then the headline, worst group and the difference to the baseline,
+    # then the OOD sets in order of appearance over runs sorted by (dataset, label, seed), then the derived cells
+    expected = [*ID_COLUMNS, *_cells("test", [*METRIC_KEYS, *GROUP_METRICS])]
+    expected += [f"{p}/{x}" for p in ("headline", "worst_group") for x in STATS] + list(DIFF_COLUMNS)
+    for s in SETS[1:]:
+        expected += _cells(s, [*METRIC_KEYS, *GROUP_METRICS])
+    expected += _cells("ood_avg", METRIC_KEYS) + _cells("gap", METRIC_KEYS)
+    assert list(df.columns) == expected
     # row order does not change the columns
     assert list(build_leaderboard(RUNS, order=["gear"]).columns) == list(df.columns)
+    assert df["resolved"].dtype == bool and df["headline_diff_n"].dtype == np.int64
 
 
 def test_label_rows_and_registry_order() -> None:
     df = build_leaderboard(RUNS, order=ORDER)
     assert list(zip(df["method"], df["label"], df["dataset"])) == [
-        ("baseline", "baseline", "mosi_utt"),
-        ("baseline", "baseline", "synthetic"),
+        ("baseline", "baseline", "mosi_utt"),  # no headline set on that dataset: registry order
+        ("gear", "gear_noipw", "synthetic"),  # the only synthetic row with the headline set ood_tav: first
+        ("baseline", "baseline", "synthetic"),  # rows without a headline: registry order
         ("gear", "gear", "synthetic"),  # runs without a "label" field: the label is the method
-        ("gear", "gear_noipw", "synthetic"),  # a variant: its own row, right after its method's plain row
     ]
-    assert df["seeds"].tolist() == ["1111;1112", "1111;1112;1113", "1111;1112;1113", "1111;1112"]
-    assert df["n_seeds"].tolist() == [2, 3, 3, 2]
+    assert df["kind"].tolist() == ["method"] * 4  # no "kind" in these result.json: method
+    assert df["headline_set"].tolist() == ["", "ood_tav", "ood_tav", "ood_tav"]
+    assert df["seeds"].tolist() == ["1111;1112", "1111;1112", "1111;1112;1113", "1111;1112;1113"]
+    assert df["n_seeds"].tolist() == [2, 2, 3, 3]
     assert df["ood_sets"].tolist() == [
         "test_nn_text;test_nn_audio[1/2]",  # s1112 has no test_nn_audio
-        "ood_text",
-        "ood_text",
         "ood_text;ood_audio;ood_vision;ood_tav",
+        "ood_text",
+        "ood_text",
     ]
     gear = _row(df, "gear")
     assert gear["test/MAE/n"] == 3 and gear["ood_text/MAE/n"] == 2  # gear s1113 has no ood_text: its own n
@@ -231,22 +311,24 @@ def test_label_rows_and_registry_order() -> None:
 
 
 def test_order_is_respected() -> None:
+    """``order`` ranks the rows without a headline; datasets first, the headline before it."""
     labels = lambda order: build_leaderboard(RUNS, order=order)["label"].tolist()  # noqa: E731
-    assert labels(["gear"]) == ["gear", "gear_noipw", "baseline", "baseline"]
-    assert labels(["gear", "baseline"]) == ["gear", "gear_noipw", "baseline", "baseline"]
-    assert labels(["unknown"]) == labels(None) == ["baseline", "baseline", "gear", "gear_noipw"]
+    assert labels(["gear"]) == ["baseline", "gear_noipw", "gear", "baseline"]
+    assert labels(["gear", "baseline"]) == ["baseline", "gear_noipw", "gear", "baseline"]
+    assert labels(["unknown"]) == labels(None) == ["baseline", "gear_noipw", "baseline", "gear"]
 
 
 def test_variants_follow_the_plain_row_alphabetically(runs_copy: Path) -> None:
-    """Plain method row first, then its variants alphabetically, even a variant whose label sorts before it."""
+    """Without a headline: plain method row first, then its variants alphabetically, even a variant whose label
+    sorts before it."""
     for new_label, seed in (("a_gear", 1111), ("gear_aggmin", 1112)):
-        src = _complete_dir(runs_copy, "gear_noipw", seed)
-        dst = src.parent / src.name.replace("gear_noipw", new_label)
+        src = _complete_dir(runs_copy, "gear", seed)  # gear's runs have no ood_tav: no headline
+        dst = src.parent / src.name.replace("gear", new_label)
         shutil.copytree(src, dst)
         _edit_result(dst, label=new_label, config_hash="0123456789ab")
     df = build_leaderboard(runs_copy, order=ORDER)
-    assert df["label"].tolist() == ["baseline", "baseline", "gear", "a_gear", "gear_aggmin", "gear_noipw"]
-    assert df["method"].tolist() == ["baseline", "baseline", "gear", "gear", "gear", "gear"]
+    assert df["label"].tolist() == ["baseline", "gear_noipw", "baseline", "gear", "a_gear", "gear_aggmin"]
+    assert df["method"].tolist() == ["baseline", "gear", "baseline", "gear", "gear", "gear"]
     assert _row(df, "a_gear")["seeds"] == "1111"
 
 
@@ -268,20 +350,28 @@ def test_empty_label_falls_back_to_method(runs_copy: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_set_cells_match_an_independent_computation() -> None:
-    df = build_leaderboard(RUNS, order=ORDER)
-    for (label, dataset), results in _results_by_row(RUNS).items():
+@pytest.mark.parametrize(("root", "sets"), [(RUNS, SETS), (RUNS_GT, GT_SETS)])
+def test_set_cells_match_an_independent_computation(root: Path, sets: list[str]) -> None:
+    df = build_leaderboard(root, order=ORDER)
+    for (label, dataset), results in _results_by_row(root).items():
         row = _row(df, label, dataset)
-        for name in SETS:
+        for name in sets:
             for key in METRIC_KEYS:
-                mean, std, n = _cell([r["metrics"][name][key] for r in results if name in r["metrics"]])
+                vals = [r["metrics"][name][key] for r in results if name in r["metrics"]]
+                vals = [math.nan if v is None else v for v in vals]
+                mean, std, n = _cell(vals)
                 assert row[f"{name}/{key}/n"] == n, (label, name, key)
                 assert _same(row[f"{name}/{key}/mean"], mean) and _same(row[f"{name}/{key}/std"], std)
+                low, high = _ci(vals)
+                assert _same(row[f"{name}/{key}/ci_low"], low) and _same(row[f"{name}/{key}/ci_high"], high)
+                if n:
+                    assert math.isnan(mean) or low <= mean <= high
 
 
-def test_ood_avg_and_gap_cells_match_an_independent_computation() -> None:
-    df = build_leaderboard(RUNS, order=ORDER)
-    for (label, dataset), results in _results_by_row(RUNS).items():
+@pytest.mark.parametrize("root", [RUNS, RUNS_GT])
+def test_ood_avg_and_gap_cells_match_an_independent_computation(root: Path) -> None:
+    df = build_leaderboard(root, order=ORDER)
+    for (label, dataset), results in _results_by_row(root).items():
         row = _row(df, label, dataset)
         for key in METRIC_KEYS:
             avgs, gaps = [], []
@@ -295,6 +385,8 @@ def test_ood_avg_and_gap_cells_match_an_independent_computation() -> None:
                 mean, std, n = _cell(vals)
                 assert row[f"{prefix}/{key}/n"] == n, (label, prefix, key)
                 assert _same(row[f"{prefix}/{key}/mean"], mean) and _same(row[f"{prefix}/{key}/std"], std)
+                low, high = _ci([float(v) for v in vals])
+                assert _same(row[f"{prefix}/{key}/ci_low"], low) and _same(row[f"{prefix}/{key}/ci_high"], high)
 
 
 def test_ood_avg_is_per_seed_then_aggregated() -> None:
@@ -351,11 +443,12 @@ def test_seed_without_test_set_has_no_ood_avg_or_gap(runs_copy: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_recompute_gives_the_same_table(tmp_path: Path) -> None:
-    saved, recomputed = build_leaderboard(RUNS, order=ORDER), build_leaderboard(RUNS, order=ORDER, recompute=True)
+@pytest.mark.parametrize(("root", "csv"), [(RUNS, EXPECTED_CSV), (RUNS_GT, EXPECTED_GT_CSV)])
+def test_recompute_gives_the_same_table(tmp_path: Path, root: Path, csv: Path) -> None:
+    saved, recomputed = build_leaderboard(root, order=ORDER), build_leaderboard(root, order=ORDER, recompute=True)
     pd.testing.assert_frame_equal(saved, recomputed)
-    csv_path, _, _ = write_leaderboard(recomputed, tmp_path)
-    assert csv_path.read_bytes() == EXPECTED_CSV.read_bytes()
+    csv_path, *_ = write_leaderboard(recomputed, tmp_path)
+    assert csv_path.read_bytes() == csv.read_bytes()
 
 
 def test_recompute_takes_every_column_from_predictions(runs_copy: Path) -> None:
@@ -417,14 +510,22 @@ def test_markdown_layout() -> None:
     assert text.index("## mosi_utt") < text.index("## synthetic")
     synthetic = text[text.index("## synthetic") :]
     assert synthetic.index("### Non0_acc_2") < synthetic.index("### MAE") and "### Has0_acc_2" not in synthetic
-    header = "| label | seeds | IID (test) | ood_text | ood_audio | ood_vision | ood_tav | OOD avg | gap |"
+    header = "| label | kind | seeds | IID (test) | ood_text | ood_audio | ood_vision | ood_tav | OOD avg | gap |"
     assert synthetic.count(header) == 2 and "test_nn_text" not in synthetic.split("OOD avg over")[0]
     # a row lacking a set shows "—"; a cell from fewer seeds than the row shows its count
-    assert "| gear | 3 | 91.67 ± 5.89 | 78.57 ± 7.14 (2) | — | — | — | 78.57 ± 7.14 (2) | 8.93 ± 7.14 (2) |" in text
-    assert "| gear_noipw | 2 | 93.75 ± 6.25 | 71.43 ± 0.00 |" in text and "82.14 ± 3.57 | 11.61 ± 2.68 |" in text
-    noipw_sets = "gear_noipw: ood_text, ood_audio, ood_vision, ood_tav."
-    assert f"OOD avg over: baseline: ood_text; gear: ood_text; {noipw_sets}" in text
+    gear = "| gear | method | 3 | 91.67 ± 5.89 | 78.57 ± 7.14 (2) | — | — | — | 78.57 ± 7.14 (2) | 8.93 ± 7.14 (2) |"
+    assert gear in text
+    assert "| gear_noipw | method | 2 | 93.75 ± 6.25 | 71.43 ± 0.00 |" in text
+    assert "82.14 ± 3.57 | 11.61 ± 2.68 |" in text
+    noipw_sets = "gear_noipw: ood_text, ood_audio, ood_vision, ood_tav;"
+    assert f"OOD avg over: {noipw_sets} baseline: ood_text; gear: ood_text." in text
     assert "OOD avg over: test_nn_text, test_nn_audio[1/2] (every row)." in text
+    # the headline: only gear_noipw has ood_tav; mosi_utt has no *_tav set
+    assert "### Headline: Non0_acc_2 on `ood_tav`" in synthetic
+    assert "| gear_noipw | method | 2 | 93.75 ± 6.25 | 71.43 ± 14.28 [57.14, 85.71] | — | — | — | — |" in synthetic
+    assert "| baseline | method | 3 | 75.00 ± 0.00 | — | — | — | — | baseline |" in synthetic
+    assert "No headline set (no `ood_tav` or `*_tav` test set)" in text.split("## synthetic")[0]
+    assert "The OOD avg is a diagnostic, not a ranking" in text and "not resolved" in text
 
 
 def test_markdown_custom_metrics_and_missing_iid(runs_copy: Path) -> None:
@@ -439,8 +540,8 @@ def test_markdown_custom_metrics_and_missing_iid(runs_copy: Path) -> None:
     assert rubi["ood_avg/MAE/n"] == 0 and rubi["gap/MAE/n"] == 0
     text = leaderboard_markdown(df, metrics=("Corr",))
     assert "### Corr" in text and "### MAE" not in text
-    assert "| rubi | 1 | 97.84 ± 0.00 | — | — | — | — | — | — |" in text
-    assert "| baseline | 3 | 94.61 ± 0.24 | nan ± nan |" in text  # baseline's NaN Corr is reported, not hidden
+    assert "| rubi | method | 1 | 97.84 ± 0.00 | — | — | — | — | — | — |" in text
+    assert "| baseline | method | 3 | 94.61 ± 0.24 | nan ± nan |" in text  # baseline's NaN Corr is reported, not hidden
     assert "rubi: none" in text
     with pytest.raises(ValueError, match="unknown metric"):
         leaderboard_markdown(df, metrics=("Acc2",))
@@ -448,13 +549,13 @@ def test_markdown_custom_metrics_and_missing_iid(runs_copy: Path) -> None:
 
 def test_empty_root(tmp_path: Path) -> None:
     df = build_leaderboard(tmp_path)
-    assert df.empty and list(df.columns[:6]) == list(ID_COLUMNS)
-    derived = [f"{s}/{m}/{x}" for s in ("ood_avg", "gap") for m in METRIC_KEYS for x in ("mean", "std", "n")]
-    assert list(df.columns[6:]) == derived
-    csv_path, md_path, png_path = write_leaderboard(df, tmp_path / "out")
+    assert df.empty and list(df.columns[:8]) == list(ID_COLUMNS)
+    headline = [f"{p}/{x}" for p in ("headline", "worst_group") for x in STATS] + list(DIFF_COLUMNS)
+    assert list(df.columns[8:]) == headline + _cells("ood_avg", METRIC_KEYS) + _cells("gap", METRIC_KEYS)
+    csv_path, md_path, png_path, line_path = write_leaderboard(df, tmp_path / "out")
     assert csv_path.read_text().splitlines() == [",".join(df.columns)]
     assert "No complete runs." in md_path.read_text(encoding="utf-8")
-    assert png_path.read_bytes().startswith(PNG_MAGIC)
+    assert png_path.read_bytes().startswith(PNG_MAGIC) and line_path.read_bytes().startswith(PNG_MAGIC)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -463,9 +564,10 @@ def test_empty_root(tmp_path: Path) -> None:
 
 
 def test_png_is_written(tmp_path: Path) -> None:
-    _, _, png_path = write_leaderboard(build_leaderboard(RUNS), tmp_path)
+    _, _, png_path, line_path = write_leaderboard(build_leaderboard(RUNS), tmp_path)
     data = png_path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    assert line_path.read_bytes().startswith(PNG_MAGIC) and len(line_path.read_bytes()) > 10_000
     with pytest.raises(ValueError, match="unknown metric"):
         write_leaderboard(build_leaderboard(RUNS), tmp_path / "bad", plot_metric="acc")
 
@@ -475,7 +577,7 @@ def test_figure_bars_are_the_table_cells() -> None:
     fig = leaderboard_figure(df)
     mosi_ax, syn_ax = fig.axes
     assert "mosi_utt" in mosi_ax.get_title() and "synthetic" in syn_ax.get_title()
-    assert [t.get_text() for t in syn_ax.get_xticklabels()] == ["baseline", "gear", "gear_noipw"]
+    assert [t.get_text() for t in syn_ax.get_xticklabels()] == ["gear_noipw", "baseline", "gear"]  # table order
     bars = {c.get_label(): c for c in syn_ax.containers if isinstance(c, BarContainer)}
     assert list(bars) == ["IID (test)", "ood_text", "ood_audio", "ood_vision", "ood_tav", "OOD avg"]
     syn = df[df["dataset"] == "synthetic"].set_index("label")
@@ -488,8 +590,328 @@ def test_figure_bars_are_the_table_cells() -> None:
     assert np.allclose(spans, 2 * syn["ood_avg/Non0_acc_2/std"].to_numpy())
     mosi_bars = [c.get_label() for c in mosi_ax.containers if isinstance(c, BarContainer)]
     assert mosi_bars == ["IID (test)", "test_nn_text", "test_nn_audio", "OOD avg"]
+    # the y axis starts a little below the lowest value shown (mean - std), not at 0
+    shown = [
+        syn[f"{s}/Non0_acc_2/mean"] - syn[f"{s}/Non0_acc_2/std"]
+        for s in ("test", "ood_text", "ood_audio", "ood_vision", "ood_tav", "ood_avg")
+    ]
+    lowest = float(np.nanmin(np.concatenate([v.to_numpy(dtype=float) for v in shown])))
+    bottom, top = syn_ax.get_ylim()
+    assert 0 < bottom < lowest and lowest - bottom <= max(0.05 * (top - bottom), 1.0) + 1e-9
     mae = leaderboard_figure(df, metric="MAE")
     assert "MAE" in mae.axes[1].get_ylabel()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Kind, headline, ground-truth groups, the difference to the baseline
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read_gt(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "predictions.csv", dtype=str, keep_default_na=False)
+
+
+def _gt_runs() -> list[Path]:
+    return find_runs(RUNS_GT)[0]
+
+
+def test_kind_column_and_row_blocks() -> None:
+    df = build_leaderboard(RUNS_GT, order=ORDER)
+    rows = list(zip(df["dataset"], df["label"], df["kind"]))
+    assert rows == [
+        ("mosi_utt", "baseline", "method"),  # 78.94 on test_nn_tav
+        ("mosi_utt", "gear", "method"),  # 76.31
+        ("synthetic", "gear", "method"),  # 28.81 on ood_tav
+        ("synthetic", "jtt", "method"),  # 22.88
+        ("synthetic", "baseline", "method"),  # 7.34 (its result.json has no "kind": method)
+        ("synthetic", "erm_unbiased", "reference"),  # 85.88: higher than every method, never ranked with them
+        ("synthetic", "oracle_groupdro", "oracle"),  # 62.15
+    ]
+    for dataset in ("mosi_utt", "synthetic"):
+        ranked = df[(df["dataset"] == dataset) & (df["kind"] == "method")]["headline/mean"].tolist()
+        assert ranked == sorted(ranked, reverse=True)
+    assert _row(df, "erm_unbiased")["method"] == "baseline"  # the ceiling is the baseline method, kind reference
+
+
+def test_headline_ties_are_ordered_by_label(gt_copy: Path) -> None:
+    for run in [r for r in find_runs(gt_copy)[0] if r.name.startswith("gear-synthetic-")]:
+        dst = run.parent / run.name.replace("gear-", "aaa_gear-")
+        shutil.copytree(run, dst)
+        _edit_result(dst, label="aaa_gear", config_hash="0123456789ab")
+    df = build_leaderboard(gt_copy, order=ORDER)
+    syn = df[df["dataset"] == "synthetic"]
+    assert syn["label"].tolist()[:3] == ["aaa_gear", "gear", "jtt"]
+    assert _row(df, "aaa_gear")["headline/mean"] == _row(df, "gear")["headline/mean"]
+
+
+def test_kind_must_be_known_and_agree_within_a_row(gt_copy: Path) -> None:
+    run = _complete_dir(gt_copy, "erm_unbiased", 1112)
+    _edit_result(run, kind="method")
+    with pytest.raises(ValueError, match="row label='erm_unbiased' dataset='synthetic' mixes kinds"):
+        build_leaderboard(gt_copy)
+    _edit_result(run, kind="ceiling")
+    with pytest.raises(ValueError, match="run kind 'ceiling'"):
+        build_leaderboard(gt_copy)
+    _edit_result(run, kind="")  # empty = method, like an absent field
+    with pytest.raises(ValueError, match="mixes kinds"):
+        build_leaderboard(gt_copy)
+
+
+def test_headline_set_rule() -> None:
+    assert headline_set(["test", "ood_text", "ood_tav"]) == "ood_tav"
+    assert headline_set(["test", "test_nn_text", "test_nn_tav"]) == "test_nn_tav"
+    assert headline_set(["test", "x_tav", "ood_tav"]) == "ood_tav"  # ood_tav wins
+    assert headline_set(["test", "b_tav", "a_tav"]) == "b_tav"  # the first in column order
+    assert headline_set(["test", "ood_text", "tav"]) == ""
+
+
+@pytest.mark.parametrize("root", [RUNS, RUNS_GT])
+def test_headline_and_worst_group_repeat_their_cells(root: Path) -> None:
+    df = build_leaderboard(root, order=ORDER)
+    for _, row in df.iterrows():
+        hset = row["headline_set"]
+        for stat in STATS:
+            expected = row[f"{hset}/Non0_acc_2/{stat}"] if hset else (0 if stat == "n" else math.nan)
+            assert _same(row[f"headline/{stat}"], expected), (row["label"], stat)
+            assert _same(row[f"worst_group/{stat}"], row[f"test/worst_group_acc2/{stat}"])
+    gt = build_leaderboard(RUNS_GT)
+    assert set(zip(gt["dataset"], gt["headline_set"])) == {("mosi_utt", "test_nn_tav"), ("synthetic", "ood_tav")}
+
+
+def _reference_groups(preds: pd.DataFrame, name: str, min_size: int) -> dict[str, float]:
+    """Plain loops and msa_metrics on the subsets (no code shared with the module)."""
+    rows = preds[preds["set"] == name]
+    if (rows["group"] == "").all():
+        return dict.fromkeys(GROUP_METRICS, math.nan)
+
+    def non0(subset: pd.DataFrame) -> float:
+        if subset.empty or (subset["label"].astype(float) == 0).all():
+            return math.nan
+        return msa_metrics(subset["prediction"].astype(float), subset["label"].astype(float))["Non0_acc_2"]
+
+    conflicting = [any(r[f"conflict_{m}"] == "1" for m in ("text", "audio", "vision")) for _, r in rows.iterrows()]
+    mask = pd.Series(conflicting, index=rows.index)
+    worst = math.nan
+    for group in sorted(set(rows["group"])):
+        members = rows[rows["group"] == group]
+        if int((members["label"].astype(float) != 0).sum()) >= min_size:
+            acc = non0(members)
+            worst = acc if math.isnan(worst) else min(worst, acc)
+    return {"aligned_acc2": non0(rows[~mask]), "conflicting_acc2": non0(rows[mask]), "worst_group_acc2": worst}
+
+
+@pytest.mark.parametrize("min_size", [10, 1, 25])
+def test_group_metrics_match_an_independent_computation(min_size: int) -> None:
+    per_run: dict[tuple[str, str], list[dict[str, dict[str, float]]]] = {}
+    for run in _gt_runs():
+        result = json.loads((run / "result.json").read_text())
+        got = run_group_metrics(run, result["test_sets"], min_group_size=min_size)
+        preds = _read_gt(run)
+        for name in result["test_sets"]:
+            expected = _reference_groups(preds, name, min_size)
+            for key in GROUP_METRICS:
+                assert _same(got[name][key], expected[key]), (run.name, name, key)
+        per_run.setdefault((result["label"], result["dataset"]), []).append(got)
+    df = build_leaderboard(RUNS_GT, min_group_size=min_size)
+    assert df.attrs["min_group_size"] == min_size
+    for (label, dataset), runs in per_run.items():
+        row = _row(df, label, dataset)
+        for name in GT_SETS:
+            for key in GROUP_METRICS:
+                vals = [r[name][key] for r in runs if name in r and not math.isnan(r[name][key])]
+                mean, std, n = _cell(vals)
+                assert row[f"{name}/{key}/n"] == n, (label, name, key)
+                assert _same(row[f"{name}/{key}/mean"], mean) and _same(row[f"{name}/{key}/std"], std)
+                low, high = _ci(vals)
+                assert _same(row[f"{name}/{key}/ci_low"], low) and _same(row[f"{name}/{key}/ci_high"], high)
+
+
+def test_group_metrics_values_on_the_fixture() -> None:
+    df = build_leaderboard(RUNS_GT)
+    base = _row(df, "baseline")
+    # a shortcut user: right on the aligned clips, much worse on the conflicting ones; no aligned clip in ood_tav
+    assert base["test/aligned_acc2/mean"] == 100.0 and base["test/conflicting_acc2/mean"] < 70
+    assert base["ood_tav/aligned_acc2/n"] == 0 and math.isnan(base["ood_tav/aligned_acc2/mean"])
+    # every ood_tav clip conflicts: conflicting accuracy is the set's Non0 Acc-2
+    assert base["ood_tav/conflicting_acc2/mean"] == base["ood_tav/Non0_acc_2/mean"]
+    # worst group on test: every seed has a group of 10+ clips; the worst one is far below the aligned clips
+    assert base["worst_group/n"] == 3 and base["worst_group/mean"] < base["test/aligned_acc2/mean"] - 30
+    # real data and old run folders: no ground truth, every group cell n = 0
+    for frame, dataset in ((df, "mosi_utt"), (build_leaderboard(RUNS), "synthetic")):
+        sub = frame[frame["dataset"] == dataset]
+        for col in [c for c in frame.columns if any(g in c for g in (*GROUP_METRICS, "worst_group/"))]:
+            if col.endswith("/n"):
+                assert (sub[col] == 0).all(), col
+            else:
+                assert sub[col].isna().all(), col
+
+
+def test_worst_group_depends_on_min_group_size() -> None:
+    default, small, huge = (build_leaderboard(RUNS_GT, min_group_size=k) for k in (10, 1, 1000))
+    syn = default["dataset"] == "synthetic"
+    # more groups enter the minimum, so it can only go down (per run, hence for the mean)
+    assert (small.loc[syn, "test/worst_group_acc2/mean"] <= default.loc[syn, "test/worst_group_acc2/mean"]).all()
+    assert (small.loc[syn, "test/worst_group_acc2/mean"] < default.loc[syn, "test/worst_group_acc2/mean"]).any()
+    assert (huge["worst_group/n"] == 0).all() and (huge["test/aligned_acc2/n"] == default["test/aligned_acc2/n"]).all()
+    with pytest.raises(ValueError, match="min_group_size"):
+        build_leaderboard(RUNS_GT, min_group_size=0)
+
+
+def test_group_metrics_always_come_from_predictions(gt_copy: Path) -> None:
+    golden = build_leaderboard(RUNS_GT)
+    group_cols = [c for c in golden.columns if any(g in c for g in GROUP_METRICS)]
+    run = _complete_dir(gt_copy, "baseline", 1111)
+    result = json.loads((run / "result.json").read_text())
+    result["metrics"]["test"]["Non0_acc_2"] = 0.1  # result.json does not hold the group metrics
+    (run / "result.json").write_text(json.dumps(result))
+    pd.testing.assert_frame_equal(build_leaderboard(gt_copy)[group_cols], golden[group_cols])
+    # flip every conflicting test prediction of that run: the group cells change without --recompute
+    preds = _read_gt(run)
+    conflicting = (preds["set"] == "test") & (preds["conflict_text"] == "1")
+    preds.loc[conflicting, "prediction"] = [repr(-float(v)) for v in preds.loc[conflicting, "prediction"]]
+    preds.to_csv(run / "predictions.csv", index=False)
+    changed = _row(build_leaderboard(gt_copy), "baseline")
+    assert changed["test/conflicting_acc2/mean"] != _row(golden, "baseline")["test/conflicting_acc2/mean"]
+    assert changed["test/aligned_acc2/mean"] == _row(golden, "baseline")["test/aligned_acc2/mean"]
+
+
+def test_malformed_ground_truth_raises() -> None:
+    def frame(**cols: list[str]) -> pd.DataFrame:
+        base = {"set": ["test"] * 2, "id": ["a", "b"], "prediction": [0.5, -0.5], "label": [1.0, -1.0]}
+        return pd.DataFrame({**base, **cols})
+
+    flags = {f"conflict_{m}": ["0", "1"] for m in ("text", "audio", "vision")}
+    ok = group_metrics(frame(group=["+|t+", "-|t+"], **flags), ["test"], min_group_size=1)
+    assert ok["test"] == {"aligned_acc2": 1.0, "conflicting_acc2": 1.0, "worst_group_acc2": 1.0}
+    assert math.isnan(group_metrics(frame(), ["test"])["test"]["aligned_acc2"])  # no ground-truth columns
+    with pytest.raises(ValueError, match="but not"):
+        group_metrics(frame(group=["+|t+", "-|t+"]), ["test"])
+    with pytest.raises(ValueError, match="conflict flags"):
+        group_metrics(frame(group=["+|t+", "-|t+"], **{**flags, "conflict_audio": ["2", "0"]}), ["test"])
+    with pytest.raises(ValueError, match="without a 'group'"):
+        group_metrics(frame(group=["+|t+", ""], **flags), ["test"])
+    with pytest.raises(ValueError, match="no rows for test set 'ood_tav'"):
+        group_metrics(frame(group=["+|t+", "-|t+"], **flags), ["test", "ood_tav"])
+    with pytest.raises(ValueError, match="min_group_size"):
+        group_metrics(frame(), ["test"], min_group_size=0)
+
+
+def test_headline_difference_against_the_baseline() -> None:
+    df = build_leaderboard(RUNS_GT, order=ORDER)
+    results = _results_by_row(RUNS_GT)
+    for _, row in df.iterrows():
+        label, dataset, hset = row["label"], row["dataset"], row["headline_set"]
+        if label == "baseline":
+            assert row["headline_diff_n"] == 0 and math.isnan(row["headline_diff"]) and not row["resolved"]
+            assert math.isnan(row["p_better"])
+            continue
+        mine = {r["seed"]: r["metrics"][hset]["Non0_acc_2"] for r in results[(label, dataset)]}
+        base = {r["seed"]: r["metrics"][hset]["Non0_acc_2"] for r in results[("baseline", dataset)]}
+        seeds = sorted(set(mine) & set(base))
+        diffs = [mine[s] - base[s] for s in seeds]
+        assert row["headline_diff_n"] == len(seeds)
+        assert row["headline_diff"] == round(100 * float(np.mean(diffs)), 2)
+        low, high = _ci(diffs)
+        assert (row["headline_diff_ci_low"], row["headline_diff_ci_high"]) == (low, high)
+        wins = sum(1.0 if mine[s] > base[s] else 0.5 if mine[s] == base[s] else 0.0 for s in seeds)
+        assert row["p_better"] == pytest.approx(wins / len(seeds))
+        stats = paired_difference(mine, base)
+        assert (
+            row["resolved"] == stats["resolved"] == (len(seeds) >= 2 and (stats["ci_low"] > 0 or stats["ci_high"] < 0))
+        )
+    assert _row(df, "jtt")["headline_diff_n"] == 2  # jtt has two seeds
+    assert _row(df, "erm_unbiased")["resolved"] and _row(df, "erm_unbiased")["headline_diff"] > 10
+    gear_mosi = _row(df, "gear", "mosi_utt")
+    assert not gear_mosi["resolved"] and gear_mosi["headline_diff_ci_low"] < 0 < gear_mosi["headline_diff_ci_high"]
+
+
+def test_no_baseline_row_no_difference(gt_copy: Path) -> None:
+    for run in [r for r in find_runs(gt_copy)[0] if r.name.startswith("baseline-synthetic-")]:
+        shutil.rmtree(run)
+    syn = build_leaderboard(gt_copy).query("dataset == 'synthetic'")
+    assert (syn["headline_diff_n"] == 0).all() and syn["headline_diff"].isna().all() and not syn["resolved"].any()
+
+
+def test_markdown_headline_tables() -> None:
+    text = leaderboard_markdown(build_leaderboard(RUNS_GT, order=ORDER))
+    mosi, synthetic = text.split("## synthetic")
+    mosi = mosi[mosi.index("## mosi_utt") :]
+    # headline first, mean ± std [95 % interval]; reference and oracle rows in a table of their own
+    headline = synthetic[synthetic.index("### Headline") : synthetic.index("### Non0_acc_2")]
+    assert "worst group (test)" in headline and "worst group" not in mosi.split("### Non0_acc_2")[0]
+    ranked, apart = headline.split("Reference and oracle rows (not ranked):")
+    assert [line.split(" | ")[0] for line in ranked.splitlines() if line.startswith("| ") and "---" not in line] == [
+        "| label",
+        "| gear",
+        "| jtt",
+        "| baseline",
+    ]
+    assert "| erm_unbiased | reference | 3 |" in apart and "| oracle_groupdro | oracle | 3 |" in apart
+    assert "erm_unbiased" not in ranked
+    assert "| gear | method | 3 | 93.83 ± 2.43 | 28.81 ± 2.39 [27.12, 32.20] | 75.76 ± 11.34 |" in ranked
+    assert "+21.47 [18.65, 27.12] | 3 | 1.00 | resolved |" in ranked
+    assert (
+        "| gear | method | 2 | 75.67 ± 2.71 | 76.31 ± 2.63 [73.68, 78.95] | -2.63 [-10.52, 5.26] | 2 | 0.50 | "
+        "not resolved |" in mosi
+    )
+    # group accuracies where the data has groups only
+    assert "### Ground-truth groups: Non0_acc_2" in synthetic and "Ground-truth groups" not in mosi
+    assert "| baseline | method | ood_tav | — |" in synthetic  # no aligned clip in ood_tav
+    assert "at least 10 samples" in text
+    assert "at least 3 samples" in leaderboard_markdown(build_leaderboard(RUNS_GT, min_group_size=3))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The IID-vs-headline figure
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_iid_vs_headline_points_are_the_seeds() -> None:
+    from matplotlib.markers import MarkerStyle
+
+    df = build_leaderboard(RUNS_GT, order=ORDER)
+    fig = iid_vs_headline_figure(df)
+    mosi_ax, syn_ax = fig.axes[:2]
+    assert "mosi_utt" in mosi_ax.get_title() and "synthetic" in syn_ax.get_title()
+    assert "ood_tav" in syn_ax.get_ylabel() and "test_nn_tav" in mosi_ax.get_ylabel()
+    points = {c.get_label(): c for c in syn_ax.collections if isinstance(c, PathCollection)}
+    assert list(points) == ["gear", "jtt", "baseline", "erm_unbiased (reference)", "oracle_groupdro (oracle)"]
+    results = _results_by_row(RUNS_GT)
+    for name, label in (("gear", "gear"), ("jtt", "jtt"), ("erm_unbiased (reference)", "erm_unbiased")):
+        expected = [
+            (100 * r["metrics"]["test"]["Non0_acc_2"], 100 * r["metrics"]["ood_tav"]["Non0_acc_2"])
+            for r in results[(label, "synthetic")]
+        ]
+        np.testing.assert_allclose(points[name].get_offsets(), expected)
+    # one colour per row, marker by kind
+    colours = {tuple(c.get_facecolor()[0]) for c in points.values()}
+    assert len(colours) == len(points)
+    for name, marker in (("gear", "o"), ("erm_unbiased (reference)", "s"), ("oracle_groupdro (oracle)", "^")):
+        style = MarkerStyle(marker)
+        expected_path = style.get_path().transformed(style.get_transform())
+        np.testing.assert_allclose(points[name].get_paths()[0].vertices, expected_path.vertices)
+    lines = {line.get_label(): line for line in syn_ax.get_lines()}
+    diagonal = lines["y = x"]
+    np.testing.assert_array_equal(diagonal.get_xdata(), diagonal.get_ydata())
+    (ceiling,) = [line for label, line in lines.items() if label.startswith("ceiling (erm_unbiased)")]
+    assert list(ceiling.get_ydata()) == [_row(df, "erm_unbiased")["headline/mean"]] * 2
+    assert not any(label.startswith("ceiling") for label in (ln.get_label() for ln in mosi_ax.get_lines()))
+
+
+def test_iid_vs_headline_without_headline_or_records(tmp_path: Path) -> None:
+    df = build_leaderboard(RUNS, order=ORDER)
+    fig = iid_vs_headline_figure(df)
+    (ax,) = fig.axes  # mosi_utt has no headline set: one panel
+    points = {c.get_label(): c for c in ax.collections if isinstance(c, PathCollection)}
+    assert len(points["gear_noipw"].get_offsets()) == 2 and len(points["gear"].get_offsets()) == 0
+    # a table without per-seed records (e.g. read back): one point per row at its means
+    df.attrs.pop("per_seed")
+    (ax,) = iid_vs_headline_figure(df).axes
+    points = {c.get_label(): c for c in ax.collections if isinstance(c, PathCollection)}
+    noipw = _row(df, "gear_noipw")
+    np.testing.assert_allclose(points["gear_noipw"].get_offsets(), [[noipw["test/Non0_acc_2/mean"], 71.43]])
+    empty = iid_vs_headline_figure(build_leaderboard(tmp_path))
+    assert "No headline set" in empty.axes[0].texts[0].get_text()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -514,8 +936,8 @@ def test_wandb_offline_writes_the_table(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     df = build_leaderboard(RUNS, order=ORDER)
-    _, _, png = write_leaderboard(df, tmp_path / "out")
-    assert log_to_wandb(df, project="lb-test", name="lb", plot=png) is True
+    _, _, png, line = write_leaderboard(df, tmp_path / "out")
+    assert log_to_wandb(df, project="lb-test", name="lb", plot=png, line_plot=line) is True
     assert wandb.run is None  # finished
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     assert list(run_dir.glob("run-*.wandb"))
@@ -525,6 +947,7 @@ def test_wandb_offline_writes_the_table(tmp_path: Path, monkeypatch: pytest.Monk
     expected = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in df.values.tolist()]
     assert table["data"] == expected
     assert list((run_dir / "files" / "media" / "images").glob("leaderboard_plot_*.png"))
+    assert list((run_dir / "files" / "media" / "images").glob("leaderboard_iid_vs_headline_*.png"))
 
 
 def test_wandb_failure_is_a_warning(

@@ -12,6 +12,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from benchmarks.cli import main
 from benchmarks.config import build_config, config_hash
 from benchmarks.run import RunExistsError, run_job
+from datamodules.schema import GROUND_TRUTH_COLUMNS
 from methods.metrics import msa_metrics
 from tests.conftest import TINY_JOB
 
@@ -31,7 +32,7 @@ def test_run_writes_a_complete_run_folder(tmp_path):
     assert result["selection"]["split"] == "valid" and 0 <= result["selected_epoch"] < 3
     assert result["config_hash"] == config_hash(_job(tmp_path, "seed=7"))
     preds = pd.read_csv(run_dir / "predictions.csv")
-    assert list(preds.columns) == ["set", "id", "prediction", "label"]
+    assert list(preds.columns) == ["set", "id", "prediction", "label", *GROUND_TRUTH_COLUMNS]
     assert preds.groupby("set").size().to_dict() == {"test": 96, "ood_text": 64, "ood_audio": 64,
                                                      "ood_vision": 64, "ood_tav": 64}
     for name, group in preds.groupby("set"):
@@ -86,3 +87,54 @@ def test_cli_run_and_leaderboard(tmp_path, capsys):
     assert board.loc[0, "method"] == "baseline" and board.loc[0, "n_seeds"] == 1
     assert main(["run", "synthetic.bias=2"]) == 2
     assert "synthetic.bias" in capsys.readouterr().err
+
+
+def _text_columns(run_dir):
+    return pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False)
+
+
+def test_predictions_carry_the_ground_truth_of_synthetic_data(tmp_path):
+    from benchmarks.config import to_object
+    from benchmarks.leaderboard import load_run
+    from datamodules.schema import conflict_flags, group_names_of
+    from datamodules.synthetic import generate
+
+    cfg = _job(tmp_path, "trainer.max_epochs=1", "synthetic.shortcut_modalities=[text,vision]")
+    run_dir = run_job(cfg)
+    preds = _text_columns(run_dir)
+    bundle = generate(to_object(cfg.source))
+    for name, split in [("test", bundle.test), *bundle.extra_tests.items()]:
+        rows = preds[preds["set"] == name]
+        pos = {sample_id: i for i, sample_id in enumerate(split.ids.tolist())}
+        idx = np.array([pos[i] for i in rows["id"]])
+        z, flags = split.z[idx], conflict_flags(split.label[idx], split.z[idx])
+        assert rows["z_text"].astype(int).tolist() == z[:, 0].tolist()
+        assert set(rows["z_audio"]) == {"0"} and set(rows["conflict_audio"]) == {""}, "no shortcut in audio"
+        assert rows["conflict_vision"].astype(int).tolist() == flags[:, 2].tolist()
+        assert rows["group"].tolist() == group_names_of(split.label[idx], z).tolist()
+        assert all(g.startswith(("+|t", "-|t")) and "a" not in g for g in rows["group"])
+    again = load_run(run_dir, recompute=True)
+    assert again["metrics"]["test"]["MAE"] == pytest.approx(json.loads((run_dir / "result.json").read_text())[
+        "metrics"]["test"]["MAE"], abs=1e-4)
+
+
+def test_predictions_of_data_without_ground_truth_have_empty_columns(tmp_path, monkeypatch):
+    import dataclasses
+
+    from benchmarks.leaderboard import load_run
+    from datamodules import DATASETS, DatasetEntry
+    from datamodules.synthetic import SyntheticConfig, generate
+
+    def load_without_z(cfg):
+        b = generate(cfg)
+        strip = lambda split: dataclasses.replace(split, z=None)  # noqa: E731
+        return dataclasses.replace(b, name="handmade", train=strip(b.train), valid=strip(b.valid),
+                                   test=strip(b.test), extra_tests={})
+
+    monkeypatch.setitem(DATASETS, "handmade", DatasetEntry(SyntheticConfig, load_without_z, "a bundle without z"))
+    job = [item.replace("synthetic.", "handmade.", 1) for item in TINY_JOB]
+    run_dir = run_job(build_config([*job, "dataset=handmade", f"output.root={tmp_path}", "trainer.max_epochs=1"]))
+    preds = _text_columns(run_dir)
+    assert list(preds.columns) == ["set", "id", "prediction", "label", *GROUND_TRUTH_COLUMNS]
+    assert len(preds) == 96 and all(set(preds[c]) == {""} for c in GROUND_TRUTH_COLUMNS)
+    assert "test" in load_run(run_dir, recompute=True)["metrics"]
