@@ -380,12 +380,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from datamodules import DATASETS
     from methods import METHODS
 
+    width = max(len(n) for n in [*METHODS, *DATASETS])
     print("methods:")
     for name, cls in METHODS.items():
-        print(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        kind = "" if cls.kind == "method" else f"[{cls.kind}] "
+        print(f"  {name:<{width}} {kind}{(cls.__doc__ or '').strip().splitlines()[0]}")
     print("datasets:")
     for name, entry in DATASETS.items():
-        print(f"  {name:<12} {entry.description}")
+        print(f"  {name:<{width}} {entry.description}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from benchmarks.tuning import describe
+
+    print(describe(Path(args.root), args.prefix, args.dataset))
     return 0
 
 
@@ -529,6 +538,18 @@ def make_parser() -> argparse.ArgumentParser:
     rep.add_argument("manifests", nargs="+", help="manifest JSON files (overlaps are computed between them)")
     rep.add_argument("--out", help="write the reports here instead of reports/ beside each manifest")
     rep.set_defaults(func=_cmd_splits_report)
+
+    tune = sub.add_parser(
+        "tune",
+        help="choose a grid's variant on the IID validation split (e.g. JTT's T x lambda_up)",
+        description="Reads the complete runs below ROOT whose label starts with --prefix (a grid sweep such as "
+        "benchmarks/sweeps/jtt_grid.yaml) and prints each variant's mean IID-valid selection value (result.json "
+        "'selection', the key the runs were selected with) and the best one. Never reads a test metric.",
+    )
+    tune.add_argument("root", help="run root of the grid sweep, e.g. runs/jtt_grid")
+    tune.add_argument("--prefix", required=True, help="label prefix of the grid's variants, e.g. jtt_")
+    tune.add_argument("--dataset", help="only runs of this dataset")
+    tune.set_defaults(func=_cmd_tune)
 
     lst = sub.add_parser("list", help="registered methods and datasets")
     lst.set_defaults(func=_cmd_list)

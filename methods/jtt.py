@@ -53,7 +53,9 @@ class _Stage1(MSAMethod):
 
 
 class JTT(MSAMethod):
-    """Stage 1 in ``on_fit_start`` (a separate baseline, T epochs), stage 2 = the Lightning fit with E upsampled."""
+    """Just Train Twice: a baseline for T epochs, then retrained with its error set upsampled lambda_up times.
+
+    Stage 1 runs in ``on_fit_start`` (a separate baseline); stage 2 is the Lightning fit on the upsampled data."""
 
     config_class = JTTConfig
 

@@ -168,3 +168,32 @@ def test_default_sweep_has_the_reference_rows_with_their_kinds():
     assert {"baseline", "jtt", "erm_unbiased", "oracle_groupdro", "oracle_reweight"} <= labels
     ceiling = next(j for j in jobs if j.label == "erm_unbiased")
     assert "kind=reference" in ceiling.overrides and any("train_bias=0.5" in o for o in ceiling.overrides)
+
+
+def test_tune_chooses_the_variant_with_the_best_iid_valid_value(tmp_path):
+    import json
+
+    from benchmarks.tuning import choose_on_valid, describe, grid_table
+
+    values = {"jtt_T1_up5": [0.80, 0.82], "jtt_T2_up20": [0.70, 0.74], "jtt_T5_up50": [0.90, 0.60], "baseline": [0.1]}
+    for label, vals in values.items():
+        for seed, v in enumerate(vals):
+            run = tmp_path / f"{label}-s{seed}"
+            run.mkdir()
+            metrics = {"test": {k: 0.5 for k in ("MAE", "Corr", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2",
+                                                 "Non0_F1_score", "Mult_acc_5", "Mult_acc_7")}}
+            (run / "result.json").write_text(json.dumps({
+                "method": "jtt" if label != "baseline" else "baseline", "label": label, "dataset": "synthetic",
+                "seed": seed, "test_sets": ["test"], "metrics": metrics,
+                "selection": {"key": "mae", "value": v},
+            }))
+            (run / "config.yaml").write_text("model:\n  epochs_stage1: 1\n")
+            (run / "done").write_text("x")
+    table = grid_table(tmp_path, "jtt_")
+    assert set(table["label"]) == {"jtt_T1_up5", "jtt_T2_up20", "jtt_T5_up50"}
+    choice = choose_on_valid(table)
+    assert choice["label"] == "jtt_T2_up20" and choice["mode"] == "min"  # mean valid MAE 0.72 < 0.75 < 0.81
+    chosen = [line for line in describe(tmp_path, "jtt_", None).splitlines() if line.endswith("<- chosen")]
+    assert len(chosen) == 1 and chosen[0].startswith("jtt_T2_up20")
+    with pytest.raises(ValueError, match="no complete run .* starting with 'lff_'"):
+        grid_table(tmp_path, "lff_")
