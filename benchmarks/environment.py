@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from ood_splits.builder import git_commit  # one home for the repository commit (manifests record it too)
+
+__all__ = ["COMPARED_KEYS", "differences", "environment", "git_commit", "library_versions"]
 
 # Environment variables that change which CPU kernels torch / MKL / oneDNN dispatch to.
 KERNEL_ENV_VARS = (
@@ -60,24 +60,6 @@ def library_versions() -> dict[str, str]:
         "scikit-learn": sklearn.__version__,
         "omegaconf": omegaconf.__version__,
     }
-
-
-def git_commit() -> str:
-    """HEAD of the project's repository, ``-dirty`` if tracked files differ from it, else 'unknown'."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _cpuinfo() -> tuple[str, list[str]]:

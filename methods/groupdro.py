@@ -16,12 +16,11 @@ import torch
 from torch import Tensor
 
 from datamodules.schema import Batch, FeatureSpec
-from methods.backbone import LFTFBackbone
-from methods.base import MethodConfig, MSAMethod
+from methods.baseline import Baseline, BaselineConfig
 
 
 @dataclass
-class GroupDROConfig(MethodConfig):
+class GroupDROConfig(BaselineConfig):
     """``eta``: step size of the group weights (Sagawa et al.'s robust_step_size, 0.01); ``adjustment``: C of the
     group adjustment C / sqrt(n_g) (0 = off, their default)."""
 
@@ -46,12 +45,38 @@ def requires_ground_truth(method: str, group_names: tuple[str, ...]) -> None:
         )
 
 
-class OracleGroupDRO(MSAMethod):
+class GroupOracle(Baseline):
+    """Base of the oracle rows: the baseline's LF-TF and prediction, plus the true groups of the training data."""
+
+    kind = "oracle"
+    needs_ground_truth = True
+    row_name = "oracle"
+
+    def __init__(self, dims: FeatureSpec, cfg: BaselineConfig) -> None:
+        super().__init__(dims, cfg)
+        self.group_names: tuple[str, ...] = ()
+
+    def training_group_counts(self) -> Tensor:
+        """Read the datamodule's group names (error without ground truth) and return the training count per group."""
+        dm = self.trainer.datamodule
+        self.group_names = tuple(getattr(dm, "group_names", ()))
+        requires_ground_truth(self.row_name, self.group_names)
+        return torch.as_tensor(np.asarray(dm.train_group_counts(), dtype=np.float64), dtype=torch.float32)
+
+    def groups(self, batch: Batch) -> Tensor:
+        if batch.group is None:
+            raise ValueError(f"{self.row_name}: the batch carries no ground-truth group (real data?)")
+        return batch.group
+
+    def group_summary(self, weights: Tensor) -> dict[str, object]:
+        return {"group_weights": {g: round(float(w), 6) for g, w in zip(self.group_names, weights.tolist())}}
+
+
+class OracleGroupDRO(GroupOracle):
     """LF-TF trained with online Group DRO over the true groups (an oracle row)."""
 
     config_class = GroupDROConfig
-    kind = "oracle"
-    needs_ground_truth = True
+    row_name = "oracle_groupdro"
 
     def __init__(self, dims: FeatureSpec, cfg: GroupDROConfig) -> None:
         super().__init__(dims, cfg)
@@ -59,28 +84,18 @@ class OracleGroupDRO(MSAMethod):
             raise ValueError(f"eta must be > 0, got {cfg.eta}")
         if cfg.adjustment < 0:
             raise ValueError(f"adjustment must be >= 0, got {cfg.adjustment}")
-        self.model = LFTFBackbone(dims, cfg.backbone)
         self.register_buffer("q", torch.zeros(0))
         self.register_buffer("adjust", torch.zeros(0))
-        self.group_names: tuple[str, ...] = ()
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        dm = self.trainer.datamodule
-        self.group_names = tuple(getattr(dm, "group_names", ()))
-        requires_ground_truth("oracle_groupdro", self.group_names)
-        counts = torch.as_tensor(np.asarray(dm.train_group_counts(), dtype=np.float64), dtype=torch.float32)
+        counts = self.training_group_counts()
         self.q = torch.full((len(self.group_names),), 1.0 / len(self.group_names), device=self.device)
         self.adjust = (self.cfg.adjustment / counts.clamp_min(1.0).sqrt()).to(self.device)
 
-    def predict(self, batch: Batch) -> Tensor:
-        return self.model(batch)
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        if batch.group is None:
-            raise ValueError("oracle_groupdro: the batch carries no ground-truth group (real data?)")
         per_sample = (self.model(batch) - batch.label).abs()
-        losses, counts = group_losses(per_sample, batch.group, self.q.numel())
+        losses, counts = group_losses(per_sample, self.groups(batch), self.q.numel())
         present = counts > 0
         with torch.no_grad():
             step = torch.exp(self.cfg.eta * (losses.detach() + self.adjust))
@@ -95,5 +110,5 @@ class OracleGroupDRO(MSAMethod):
         return loss
 
     def summary(self) -> dict[str, object]:
-        """Final group weights by group name (in result.json)."""
-        return {"group_weights": {g: round(float(w), 6) for g, w in zip(self.group_names, self.q.tolist())}}
+        """Final group weights q by group name (in result.json)."""
+        return self.group_summary(self.q)

@@ -21,16 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
-from torch import Tensor
 
-from datamodules.schema import Batch, FeatureSpec
-from methods.backbone import LFTFBackbone
-from methods.base import MethodConfig, MSAMethod
+from datamodules.schema import FeatureSpec
+from methods.baseline import Baseline, BaselineConfig
 from methods.bias_id import conflict_flags, identification_record, precision_recall
 
 
 @dataclass
-class JTTConfig(MethodConfig):
+class JTTConfig(BaselineConfig):
     """``epochs_stage1``: T (grid {1, 2, 5}); ``upweight``: lambda_up, the integer number of times each error-set
     sample appears per stage-2 epoch (grid {5, 20, 50})."""
 
@@ -44,15 +42,7 @@ def error_set(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
     return (label != 0) & ((pred > 0) != (label > 0))
 
 
-class _Stage1(MSAMethod):
-    """The stage-1 baseline: only here to reuse the base class's optimiser groups."""
-
-    def __init__(self, dims: FeatureSpec, cfg: MethodConfig) -> None:
-        super().__init__(dims, cfg)
-        self.model = LFTFBackbone(dims, cfg.backbone)
-
-
-class JTT(MSAMethod):
+class JTT(Baseline):
     """Just Train Twice: a baseline for T epochs, then retrained with its error set upsampled lambda_up times.
 
     Stage 1 runs in ``on_fit_start`` (a separate baseline); stage 2 is the Lightning fit on the upsampled data."""
@@ -65,26 +55,17 @@ class JTT(MSAMethod):
             raise ValueError(f"epochs_stage1 must be >= 1, got {cfg.epochs_stage1}")
         if cfg.upweight < 1:
             raise ValueError(f"upweight must be an integer >= 1, got {cfg.upweight}")
-        self.model = LFTFBackbone(dims, cfg.backbone)
         self.diagnostics: dict[str, Any] = {}
-
-    def predict(self, batch: Batch) -> Tensor:
-        return self.model(batch)
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = (self.model(batch) - batch.label).abs().mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(batch))
-        return loss
 
     def _train_stage1(self, dm: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Train the stage-1 baseline; return (its train predictions, labels, true conflict flags or None)."""
-        stage1 = _Stage1(self.spec, MethodConfig(backbone=self.cfg.backbone, optim=self.cfg.optim)).to(self.device)
+        stage1 = Baseline(self.spec, BaselineConfig(backbone=self.cfg.backbone, optim=self.cfg.optim)).to(self.device)
         optimizer = stage1.configure_optimizers()
         accumulate = max(1, int(self.cfg.optim.accumulate))
         stage1.train()
+        loader = dm.train_dataloader()  # one loader: its generator moves on, so each epoch has its own order
+        n_batches = len(loader)
         for _ in range(self.cfg.epochs_stage1):
-            loader = dm.train_dataloader()
-            n_batches = len(loader)
             optimizer.zero_grad()
             for i, batch in enumerate(loader):
                 batch = move_data_to_device(batch, self.device)

@@ -14,13 +14,12 @@ import torch
 from torch import Tensor
 
 from datamodules.schema import Batch, FeatureSpec
-from methods.backbone import LFTFBackbone
-from methods.base import MethodConfig, MSAMethod
-from methods.groupdro import requires_ground_truth
+from methods.baseline import BaselineConfig
+from methods.groupdro import GroupOracle
 
 
 @dataclass
-class ReweightConfig(MethodConfig):
+class ReweightConfig(BaselineConfig):
     """No knobs beyond the backbone and optimiser: the weights follow from the training group counts."""
 
 
@@ -33,36 +32,25 @@ def balanced_weights(counts: np.ndarray) -> np.ndarray:
     return weights
 
 
-class OracleReweight(MSAMethod):
+class OracleReweight(GroupOracle):
     """LF-TF trained with mean(w_g(i) * |y_hat - y|), w_g = N / (G * n_g) from the true training groups."""
 
     config_class = ReweightConfig
-    kind = "oracle"
-    needs_ground_truth = True
+    row_name = "oracle_reweight"
 
     def __init__(self, dims: FeatureSpec, cfg: ReweightConfig) -> None:
         super().__init__(dims, cfg)
-        self.model = LFTFBackbone(dims, cfg.backbone)
         self.register_buffer("group_weight", torch.zeros(0))
-        self.group_names: tuple[str, ...] = ()
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        dm = self.trainer.datamodule
-        self.group_names = tuple(getattr(dm, "group_names", ()))
-        requires_ground_truth("oracle_reweight", self.group_names)
-        weights = balanced_weights(dm.train_group_counts())
+        weights = balanced_weights(self.training_group_counts().numpy())
         self.group_weight = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
 
-    def predict(self, batch: Batch) -> Tensor:
-        return self.model(batch)
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        if batch.group is None:
-            raise ValueError("oracle_reweight: the batch carries no ground-truth group (real data?)")
-        loss = (self.group_weight[batch.group] * (self.model(batch) - batch.label).abs()).mean()
+        loss = (self.group_weight[self.groups(batch)] * (self.model(batch) - batch.label).abs()).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(batch))
         return loss
 
     def summary(self) -> dict[str, object]:
-        return {"group_weights": {g: round(float(w), 6) for g, w in zip(self.group_names, self.group_weight.tolist())}}
+        return self.group_summary(self.group_weight)
