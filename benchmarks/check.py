@@ -11,7 +11,9 @@ seed is in effect another draw from the cell's distribution over seeds. The null
 regression): Student's two-sample t on the difference of means with the pooled standard deviation (exact under the
 null, where both samples share one variance), the pooled std floored at ``check.min_std`` points (a cell whose seeds
 agree exactly would otherwise alarm on any change), df = n_ref + n_cur - 2. Holm's step-down correction over all
-cells keeps the probability of **one or more** false alarms in the whole check at most ``check.alpha`` (5 %).
+cells at ``check.alpha`` bounds the probability of **one or more** false alarms in the whole check under normality;
+the per-seed distributions are not normal (some methods collapse on some seeds), so the level used is the one whose
+*measured* false-alarm rate (below) is under 5 %: 0.03 for the CI sweep.
 
 **Calibration.** :func:`resampled_false_alarms` and :func:`resampled_power` measure the false-alarm rate and the
 drop each cell detects with 95 % probability by re-splitting a pool of seeds run on one machine into reference and
@@ -43,6 +45,7 @@ METRIC = "Non0_acc_2"
 REFERENCE_COLUMNS = ("label", "dataset", "set", "metric", "seed", "value")
 CELL = ["label", "dataset", "set", "metric"]
 DETECTION_POWER = 0.95
+TARGET_FALSE_ALARM_RATE = 0.05  # what the check states: P(any false alarm in the whole check) below this, measured
 
 
 class ReferenceError(ValueError):
@@ -491,7 +494,7 @@ def render_calibration(cal: Mapping[str, Any]) -> str:
         f"{fa['n_ref']} reference + {fa['n_cur']} current seeds, {fa['splits']} splits: "
         f"**{fa['family_alarms']} of {fa['splits']} checks raised any alarm** "
         f"(rate {100 * fa['family_rate']:.1f} %, 95 % CI {100 * fa['family_rate_ci95'][0]:.1f}–"
-        f"{100 * fa['family_rate_ci95'][1]:.1f} %; target ≤ {100 * s['alpha']:.0f} %).",
+        f"{100 * fa['family_rate_ci95'][1]:.1f} %; target < {100 * cal['target_false_alarm_rate']:.0f} %).",
         "",
         "| planted regression | cells compared | alarms | alarmed cells (largest effects) |",
         "|---|---|---|---|",
@@ -502,13 +505,14 @@ def render_calibration(cal: Mapping[str, Any]) -> str:
     lines += [
         "",
         "Smallest drop (points) detected with 95 % probability when one cell regresses alone, per dataset and set "
-        "(median over methods; analytic = noncentral t on the reference std, resampled = re-splits of the pool):",
+        "(median over methods; analytic = noncentral t on the reference std, resampled = re-splits of the pool, "
+        "on a grid of 0.25 up to 30 points):",
         "",
         "| dataset | set | analytic | resampled |",
         "|---|---|---|---|",
     ]
     for row in cal["detectable_drop"]:
-        resampled = "—" if row["resampled"] is None or math.isnan(row["resampled"]) else f"{row['resampled']:.2f}"
+        resampled = "> 30" if row["resampled"] is None or math.isnan(row["resampled"]) else f"{row['resampled']:.2f}"
         lines.append(f"| {row['dataset']} | {row['set']} | {row['analytic']:.2f} | {resampled} |")
     return "\n".join(lines) + "\n"
 

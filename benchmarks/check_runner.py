@@ -291,6 +291,7 @@ def calibrate(sweep_file: Path, overrides: list[str], reference_path: Path, *, s
         "reference": ref.path.name,
         "reference_sha256": ck.sha256_of(ref.path),
         "settings": ck.settings_dict(settings),
+        "target_false_alarm_rate": ck.TARGET_FALSE_ALARM_RATE,
         "reference_seeds": n_ref,
         "reference_seed_list": f"{min(ref.meta['seeds'])}–{max(ref.meta['seeds'])}",
         "check_seeds": n_cur,
