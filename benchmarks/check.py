@@ -30,16 +30,16 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+
+from benchmarks.leaderboard import atomic_write_text
 
 METRIC = "Non0_acc_2"
 REFERENCE_COLUMNS = ("label", "dataset", "set", "metric", "seed", "value")
@@ -73,31 +73,17 @@ def sha256_of(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_reference(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the long reference CSV atomically (sorted by cell and seed, values with 4 decimals)."""
     path = Path(path)
     table = table[list(REFERENCE_COLUMNS)].sort_values(["dataset", "label", "set", "metric", "seed"])
-    _atomic_write_text(path, table.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+    atomic_write_text(path, table.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
     return path
 
 
 def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
-    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -459,10 +445,6 @@ def summarise(result: pd.DataFrame) -> dict[str, Any]:
         "largest_drop": float(-result["diff"].min()) if len(result) else math.nan,
         "alarm_cells": [describe_alarm(r) for r in alarms.to_dict("records")],
     }
-
-
-def settings_dict(settings: TestSettings) -> dict[str, Any]:
-    return asdict(settings)
 
 
 def render_calibration(cal: Mapping[str, Any]) -> str:

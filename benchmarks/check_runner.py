@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def settings_of(sweep: SweepConfig) -> ck.TestSettings:
 
 
 def drop_unavailable_datasets(sweep: SweepConfig, say: Printer) -> list[str]:
-    """Remove the sweep's datasets whose files are absent (e.g. no ../shared/data); return their names."""
+    """Remove the sweep's datasets whose files are absent (e.g. no real mosi_utt data here); return their names."""
     from benchmarks.config import build_config, to_object
     from datamodules import get_dataset
 
@@ -290,7 +290,7 @@ def calibrate(sweep_file: Path, overrides: list[str], reference_path: Path, *, s
     calibration = {
         "reference": ref.path.name,
         "reference_sha256": ck.sha256_of(ref.path),
-        "settings": ck.settings_dict(settings),
+        "settings": asdict(settings),
         "target_false_alarm_rate": ck.TARGET_FALSE_ALARM_RATE,
         "reference_seeds": n_ref,
         "reference_seed_list": f"{min(ref.meta['seeds'])}–{max(ref.meta['seeds'])}",

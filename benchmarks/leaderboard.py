@@ -1049,11 +1049,16 @@ def iid_vs_headline_figure(df: pd.DataFrame) -> Any:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a flushed, fsynced temporary file in the same folder, then a rename
+    (a reader never sees half a file; a failure leaves the old file and no temporary behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -1089,8 +1094,8 @@ def write_leaderboard(
     csv_path, md_path = out / "leaderboard.csv", out / "leaderboard.md"
     png_path, line_path = out / "leaderboard.png", out / "leaderboard_iid_vs_headline.png"
     csv_text = df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, na_rep=CSV_NA_REP, lineterminator="\n")
-    _atomic_write(csv_path, csv_text)
-    _atomic_write(md_path, leaderboard_markdown(df, metrics))
+    atomic_write_text(csv_path, csv_text)
+    atomic_write_text(md_path, leaderboard_markdown(df, metrics))
     _atomic_write_png(png_path, leaderboard_figure(df, plot_metric))
     _atomic_write_png(line_path, iid_vs_headline_figure(df))
     return csv_path, md_path, png_path, line_path
