@@ -29,7 +29,8 @@ check:  ## CI regression check: calibrated test of OOD accuracy against benchmar
 splits:  ## rebuild the committed mosi_utt OOD manifests and their reports
 	$(BIN)/msabench splits build dataset=mosi_utt --modality text audio vision tav --report
 
-perf:  ## printed speed / memory figures: split annealing, MMSA cache
+perf:  ## printed speed / memory figures: training throughput (vs the earlier kernels), split annealing, MMSA cache
+	$(PY) -m benchmarks.perf_training --compare
 	$(PY) benchmarks/perf_annealing.py
 	$(PY) benchmarks/perf_cache.py --scale 0.1
 

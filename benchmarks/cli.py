@@ -222,15 +222,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
     sweep = load_sweep(sweep_file, args.overrides)
     default_reference = PROJECT_ROOT / "benchmarks" / "reference" / f"{sweep.name}.csv"
     reference = Path(args.reference) if args.reference else default_reference
-    if args.write_readme:
-        from benchmarks.check import read_json, reference_paths
-
-        readme = PROJECT_ROOT / "README.md"
-        calibration = read_json(reference_paths(reference)[2], "calibration of the reference")
-        text = check_runner.readme_with_calibration(readme.read_text(encoding="utf-8"), calibration)
-        readme.write_text(text, encoding="utf-8")
-        print(f"rewrote the calibration block of {readme}")
-        return 0
     if args.update_reference:
         check_runner.update_reference(sweep, reference)
         return 0
@@ -261,7 +252,6 @@ differ and the test allows for it (it prints whether this environment matches th
                                           the check refuses it until it is calibrated:
   msabench check --calibrate              perturbations, plants, re-split false-alarm rate and detectable
                                           drops -> benchmarks/reference/ci.calibration.json (about 1 h on 2 cores)
-  msabench check --write-readme           rewrite the README's calibration block from that JSON
 """
 
 
@@ -291,6 +281,22 @@ For text-only sets of a dataset whose config has a `features` switch (mosi_text,
 text encoder is not run (<dataset>.features=false unless given): the builder needs transcripts only.
 Same data, overrides and seed -> byte-identical manifest (within one git commit: created_by records it).
 """
+
+
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from benchmarks.leaderboard import atomic_write_text
+    from benchmarks.readme_blocks import README, current_readme
+
+    text, fresh = current_readme()
+    if text == fresh:
+        print(f"{README}: generated blocks are current")
+        return 0
+    if args.check:
+        print(f"{README}: generated blocks are stale; run `msabench readme`", file=sys.stderr)
+        return 1
+    atomic_write_text(README, fresh)
+    print(f"rewrote the generated blocks of {README}")
+    return 0
 
 
 def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -500,11 +506,19 @@ def make_parser() -> argparse.ArgumentParser:
                       help="measure false alarms and power; writes <reference>.calibration.json")
     mode.add_argument("--plant", help="plant a regression for the power test: label_noise | shortcut_x2")
     mode.add_argument("--runs", help="test the complete run folders below DIR instead of launching the sweep")
-    mode.add_argument("--write-readme", action="store_true",
-                      help="rewrite the README's calibration block from the calibration JSON")
     check.add_argument("--splits", type=int, default=2000, help="re-splits for the false-alarm estimate (default 2000)")
     check.add_argument("overrides", nargs="*", help="sweep-level overrides, e.g. root=/tmp/ci-runs")
     check.set_defaults(func=_cmd_check)
+
+    readme = sub.add_parser(
+        "readme",
+        help="rewrite the README's generated blocks (results table, CI calibration) from the committed files",
+        description="Rewrites the blocks between <!-- NAME:begin --> and <!-- NAME:end --> in README.md: `results` "
+        "from docs/results/default/leaderboard.csv, `ci-calibration` from "
+        "benchmarks/reference/ci.calibration.json.",
+    )
+    readme.add_argument("--check", action="store_true", help="only say whether the blocks are current (exit 1 if not)")
+    readme.set_defaults(func=_cmd_readme)
 
     splits = sub.add_parser("splits", help="build OOD test-set manifests and their sanity reports")
     splits_sub = splits.add_subparsers(dest="splits_command", required=True)

@@ -109,6 +109,8 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "source.train_bias": None,
     "source.single_modality": "text",
     "kind": "",
+    "model.backbone.lstm_impl": "padded",
+    "model.optim.impl": "fused",
 }
 KINDS = ("method", "reference", "oracle")
 FIXED_SECTIONS = (

@@ -40,8 +40,9 @@ five columns ``X/mean``, ``X/std``, ``X/n``, ``X/ci_low``, ``X/ci_high`` (:data:
 
 1. the IID set ``test``: a cell ``test/<metric>`` for each metric of :data:`methods.metrics.METRIC_KEYS`, then the
    cells ``test/aligned_acc2``, ``test/conflicting_acc2``, ``test/worst_group_acc2`` (:data:`GROUP_METRICS`);
-2. ``headline`` (the cell ``<headline_set>/Non0_acc_2``, repeated here) and ``worst_group`` (the cell
-   ``test/worst_group_acc2``, repeated here);
+2. ``headline`` (the cell ``<headline_set>/Non0_acc_2``, repeated here), ``worst_group`` (the cell
+   ``test/worst_group_acc2``, repeated here) and ``bias_id_auroc`` (x100, :func:`bias_id_auroc`: the AUROC of the
+   method's per-sample weight or error flag against the true conflict flags on train; n = 0 for methods without);
 3. the row against the ``baseline`` row of the same dataset on the headline (:data:`DIFF_COLUMNS`), over the seeds
    both rows have on the headline set (:func:`benchmarks.statistics.paired_difference`): ``headline_diff`` (mean
    paired difference, x100), ``headline_diff_ci_low`` / ``headline_diff_ci_high`` (its 95 % percentile-bootstrap
@@ -110,6 +111,8 @@ __all__ = [
     "OOD_AVG",
     "STATS",
     "WORST_GROUP",
+    "BIAS_ID",
+    "bias_id_auroc",
     "build_leaderboard",
     "find_runs",
     "group_metrics",
@@ -137,6 +140,7 @@ OOD_AVG = "ood_avg"
 GAP = "gap"
 HEADLINE = "headline"
 WORST_GROUP = "worst_group"
+BIAS_ID = "bias_id_auroc"
 HEADLINE_METRIC = "Non0_acc_2"
 HEADLINE_SET = "ood_tav"
 HEADLINE_SUFFIX = "_tav"
@@ -161,7 +165,7 @@ DEFAULT_MIN_GROUP_SIZE = 10
 CSV_FLOAT_FORMAT = "%.2f"
 CSV_NA_REP = "nan"
 _MISSING = "—"
-_RESERVED_SETS = (OOD_AVG, GAP, HEADLINE, WORST_GROUP)
+_RESERVED_SETS = (OOD_AVG, GAP, HEADLINE, WORST_GROUP, BIAS_ID)
 _WANDB_MODES = ("online", "offline", "disabled", "shared")
 
 
@@ -497,6 +501,21 @@ def _put(row: dict[str, Any], prefix: str, cell: tuple[float, float, int, float,
         row[f"{prefix}/{stat}"] = value
 
 
+def bias_id_auroc(result: Mapping[str, Any]) -> float:
+    """The run's bias-identification AUROC (fraction; NaN when the method reports none): JTT's error set at the
+    end of stage 1 (``diagnostics.identification``), or a weighting method's per-epoch record
+    (``diagnostics.bias_identification``) at the selected epoch (the last record up to it)."""
+    diagnostics = result.get("diagnostics") or {}
+    single = diagnostics.get("identification")
+    if isinstance(single, Mapping) and single.get("auroc") is not None:
+        return float(single["auroc"])
+    records = [r for r in diagnostics.get("bias_identification") or [] if r.get("auroc") is not None]
+    selected = result.get("selected_epoch")
+    if selected is not None:
+        records = [r for r in records if int(r.get("epoch", -1)) <= int(selected)]
+    return float(records[-1]["auroc"]) if records else math.nan
+
+
 def _seed_values(runs: Mapping[int, dict[str, Any]], name: str, metric: str) -> dict[int, float]:
     """``{seed: metric on set name}`` over the runs that have the set (fractions, as in result.json)."""
     return {seed: _value(r["metrics"][name][metric]) for seed, r in runs.items() if name in r["test_sets"]}
@@ -569,6 +588,7 @@ def build_leaderboard(
         *(_set_columns(IID_SET) if IID_SET in sets else []),
         *_cell_columns(HEADLINE),
         *_cell_columns(WORST_GROUP),
+        *_cell_columns(BIAS_ID),
         *DIFF_COLUMNS,
         *(c for s in ood_order for c in _set_columns(s)),
         *(c for s in (OOD_AVG, GAP) for c in _set_columns(s, with_groups=False)),
@@ -606,6 +626,7 @@ def build_leaderboard(
         _put(row, HEADLINE, tuple(head_cell) if hset else (math.nan, math.nan, 0, math.nan, math.nan))
         worst = [row.get(f"{IID_SET}/worst_group_acc2/{stat}", math.nan) for stat in STATS]
         _put(row, WORST_GROUP, tuple(worst) if IID_SET in sets else (math.nan, math.nan, 0, math.nan, math.nan))
+        _put(row, BIAS_ID, _cell(v for v in (bias_id_auroc(runs[seed]) for seed in seeds) if not math.isnan(v)))
 
         base_key = (BASELINE_LABEL, dataset)
         diff = {"n_pairs": 0, "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_better": math.nan}
@@ -849,6 +870,23 @@ def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_M
                 "",
                 f"No headline set (no `{HEADLINE_SET}` or `*{HEADLINE_SUFFIX}` test set): rows follow the registry "
                 "order within each kind.",
+            ]
+
+        with_bias_id = sub[sub[f"{BIAS_ID}/n"] > 0]
+        if not with_bias_id.empty:
+            lines += [
+                "",
+                "Bias identification: AUROC x100 of the method's per-sample weight (GEAR, LfF: at the selected "
+                "epoch) or stage-1 error flag (JTT) against the true conflict flags of the training samples "
+                "(50 = chance; below 50 = the weight favours bias-aligned samples).",
+                "",
+                *_table(
+                    ["label", "seeds", "AUROC x100"],
+                    [
+                        [_md_escape(r["label"]), str(r["n_seeds"]), _md_stat(r, BIAS_ID)]
+                        for _, r in with_bias_id.iterrows()
+                    ],
+                ),
             ]
 
         ood = [s for s in sets if s != IID_SET and _present(sub, s, metrics)]

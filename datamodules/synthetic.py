@@ -51,6 +51,7 @@ not a shortcut). The conflict flags and groups follow from it (:mod:`datamodules
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -333,15 +334,38 @@ def ood_sets_of(cfg: SyntheticConfig) -> dict[str, tuple[str, ...]]:
     }
 
 
+# The last bundles generated in this process, by config repr: a sweep worker runs many jobs on one world, and
+# generating it costs ~2.5 s per job. Callers get fresh bundle and split objects over the same arrays, which the
+# datamodule and the methods only read.
+_BUNDLES: dict[str, DatasetBundle] = {}
+_BUNDLES_KEPT = 2
+
+
 def generate(cfg: SyntheticConfig | None = None) -> DatasetBundle:
     """Generate the benchmark: train / valid / IID test plus the ground-truth OOD test sets (:func:`ood_sets_of`),
     every split with its ground truth ``z``.
 
     Deterministic for ``cfg.seed``; each split draws from its own seed stream, so changing one
-    split's size leaves the others unchanged.
+    split's size leaves the others unchanged. The last two bundles are kept in memory per process.
     """
     cfg = cfg or SyntheticConfig()
     _check_config(cfg)
+    key = repr(cfg)
+    if key not in _BUNDLES:
+        while len(_BUNDLES) >= _BUNDLES_KEPT:
+            _BUNDLES.pop(next(iter(_BUNDLES)))
+        _BUNDLES[key] = _generate(cfg)
+    bundle = _BUNDLES[key]
+    return dataclasses.replace(
+        bundle,
+        train=dataclasses.replace(bundle.train),
+        valid=dataclasses.replace(bundle.valid),
+        test=dataclasses.replace(bundle.test),
+        extra_tests={name: dataclasses.replace(split) for name, split in bundle.extra_tests.items()},
+    )
+
+
+def _generate(cfg: SyntheticConfig) -> DatasetBundle:
     world = _World(cfg)
     train_agree = cfg.bias if cfg.train_bias is None else cfg.train_bias
     bundle = DatasetBundle(

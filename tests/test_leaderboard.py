@@ -30,12 +30,14 @@ from matplotlib.container import BarContainer
 
 from benchmarks.cli import main as cli_main
 from benchmarks.leaderboard import (
+    BIAS_ID,
     CONVENTION,
     DIFF_COLUMNS,
     GROUND_TRUTH_COLUMNS,
     GROUP_METRICS,
     ID_COLUMNS,
     STATS,
+    bias_id_auroc,
     build_leaderboard,
     find_runs,
     group_metrics,
@@ -271,10 +273,11 @@ def test_leaderboard_columns() -> None:
         "resolved",
     )
     assert list(df.columns[:8]) == list(ID_COLUMNS)
-    # test first (metrics, then group metrics), then the headline, worst group and the difference to the baseline,
+    # test first (metrics, then group metrics), then the headline, worst group, bias identification and the
+    # difference to the baseline,
     # then the OOD sets in order of appearance over runs sorted by (dataset, label, seed), then the derived cells
     expected = [*ID_COLUMNS, *_cells("test", [*METRIC_KEYS, *GROUP_METRICS])]
-    expected += [f"{p}/{x}" for p in ("headline", "worst_group") for x in STATS] + list(DIFF_COLUMNS)
+    expected += [f"{p}/{x}" for p in ("headline", "worst_group", "bias_id_auroc") for x in STATS] + list(DIFF_COLUMNS)
     for s in SETS[1:]:
         expected += _cells(s, [*METRIC_KEYS, *GROUP_METRICS])
     expected += _cells("ood_avg", METRIC_KEYS) + _cells("gap", METRIC_KEYS)
@@ -550,7 +553,7 @@ def test_markdown_custom_metrics_and_missing_iid(runs_copy: Path) -> None:
 def test_empty_root(tmp_path: Path) -> None:
     df = build_leaderboard(tmp_path)
     assert df.empty and list(df.columns[:8]) == list(ID_COLUMNS)
-    headline = [f"{p}/{x}" for p in ("headline", "worst_group") for x in STATS] + list(DIFF_COLUMNS)
+    headline = [f"{p}/{x}" for p in ("headline", "worst_group", "bias_id_auroc") for x in STATS] + list(DIFF_COLUMNS)
     assert list(df.columns[8:]) == headline + _cells("ood_avg", METRIC_KEYS) + _cells("gap", METRIC_KEYS)
     csv_path, md_path, png_path, line_path = write_leaderboard(df, tmp_path / "out")
     assert csv_path.read_text().splitlines() == [",".join(df.columns)]
@@ -985,3 +988,32 @@ def test_wandb_mode_defaults_to_offline_and_is_never_forced(monkeypatch: pytest.
     monkeypatch.setenv("WANDB_MODE", "online")
     log_to_wandb(build_leaderboard(RUNS), project="p")
     assert seen == ["offline", "online"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bias identification (METHODS §11.1, issue 15 item 4)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_bias_id_auroc_reads_jtt_and_weighting_records() -> None:
+    records = [{"epoch": e, "score": "w", "auroc": a} for e, a in [(0, 0.3), (1, 0.4), (2, 0.6), (3, 0.9)]]
+    assert bias_id_auroc({"selected_epoch": 2, "diagnostics": {"bias_identification": records}}) == 0.6
+    assert bias_id_auroc({"selected_epoch": 9, "diagnostics": {"bias_identification": records}}) == 0.9
+    assert math.isnan(bias_id_auroc({"selected_epoch": 0, "diagnostics": {"bias_identification": records[1:]}}))
+    assert bias_id_auroc({"diagnostics": {"identification": {"auroc": 0.98, "score": "error"}}}) == 0.98
+    assert math.isnan(bias_id_auroc({"diagnostics": {}}))
+    assert math.isnan(bias_id_auroc({}))
+
+
+def test_leaderboard_aggregates_bias_identification(runs_copy: Path) -> None:
+    values = {1111: 0.25, 1112: 0.75}
+    for seed, auroc in values.items():
+        run = _complete_dir(runs_copy, "gear", seed)
+        selected = json.loads((run / "result.json").read_text())["selected_epoch"]
+        _edit_result(run, diagnostics={"bias_identification": [{"epoch": selected, "score": "w", "auroc": auroc}]})
+    df = build_leaderboard(runs_copy, order=ORDER)
+    gear = df[df["label"] == "gear"].iloc[0]
+    assert gear[f"{BIAS_ID}/mean"] == 50.0 and gear[f"{BIAS_ID}/n"] == 2
+    assert (df[df["label"] != "gear"][f"{BIAS_ID}/n"] == 0).all()
+    md = leaderboard_markdown(df)
+    assert "Bias identification" in md and "| gear | " in md.split("Bias identification", 1)[1]
