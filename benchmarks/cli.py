@@ -97,6 +97,7 @@ includes 0. The OOD average is a diagnostic column, not a ranking.
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmarks.leaderboard import build_leaderboard, find_runs, log_to_wandb, write_leaderboard
+    from benchmarks.selection import DEFAULT_SELECTION, SELECTIONS
     from methods import METHODS
 
     root = Path(args.root)
@@ -106,12 +107,20 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.min_group_size < 1:
         print(f"msabench leaderboard: --min-group-size must be at least 1, got {args.min_group_size}", file=sys.stderr)
         return 2
+    if args.selection not in SELECTIONS:
+        print(f"msabench leaderboard: unknown --selection {args.selection!r}; expected one of "
+              f"{', '.join(SELECTIONS)}", file=sys.stderr)
+        return 2
     complete, incomplete = find_runs(root)
     if not complete:
         print(f"msabench leaderboard: no complete run folder (with 'done') under {root}", file=sys.stderr)
         return 1
-    df = build_leaderboard(root, recompute=args.recompute, order=list(METHODS), min_group_size=args.min_group_size)
-    csv_path, md_path, png_path, line_path = write_leaderboard(df, Path(args.out) if args.out else root)
+    df = build_leaderboard(
+        root, recompute=args.recompute, order=list(METHODS), min_group_size=args.min_group_size,
+        selection=args.selection,
+    )
+    default_out = root if args.selection == DEFAULT_SELECTION else root / f"selection-{args.selection}"
+    csv_path, md_path, png_path, line_path = write_leaderboard(df, Path(args.out) if args.out else default_out)
     print(md_path.read_text())
     print(
         f"{len(complete)} complete runs, {len(incomplete)} incomplete (ignored); "
@@ -284,7 +293,7 @@ Same data, overrides and seed -> byte-identical manifest (within one git commit:
 
 
 def _cmd_readme(args: argparse.Namespace) -> int:
-    from benchmarks.leaderboard import atomic_write_text
+    from benchmarks.atomic import atomic_write_text
     from benchmarks.readme_blocks import README, current_readme
 
     text, fresh = current_readme()
@@ -443,7 +452,13 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     board.add_argument("root", help="directory searched recursively for run folders")
-    board.add_argument("--out", help="output directory (default: the root)")
+    board.add_argument("--out", help="output directory (default: the root; ROOT/selection-NAME under --selection)")
+    board.add_argument(
+        "--selection", default="iid_valid",
+        help="model selection rule, recomputed from the runs' per-epoch records: iid_valid (default: the runs' own "
+        "choice, as in result.json), oracle (per test set the epoch, and CLUE's alpha, that score best on that set: "
+        "an upper bound, kind oracle), last (the last epoch trained)",
+    )
     board.add_argument(
         "--recompute",
         action="store_true",

@@ -47,6 +47,10 @@ class TrainerConfig:
     threads: int = 1
     limit_train_batches: float = 1.0
     progress_bar: bool = True
+    # Early stopping on IID valid (patience, min_delta); false trains all max_epochs (selection is unchanged).
+    early_stop: bool = True
+    # Per-epoch predictions on valid and every test set (epochs.npz in the run folder) for post-hoc selection.
+    record_epochs: bool = True
 
 
 @dataclass
@@ -111,6 +115,8 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "kind": "",
     "model.backbone.lstm_impl": "padded",
     "model.optim.impl": "fused",
+    "trainer.early_stop": True,
+    "trainer.record_epochs": True,
 }
 KINDS = ("method", "reference", "oracle")
 FIXED_SECTIONS = (

@@ -89,6 +89,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from benchmarks.selection import DEFAULT_SELECTION, get_selection, model_config, reselect
 from benchmarks.statistics import bootstrap_mean_ci, paired_difference
 from methods.metrics import METRIC_KEYS, msa_metrics, report_cell
 
@@ -134,7 +136,10 @@ log = logging.getLogger(__name__)
 CONVENTION = "mean ± population std (ddof=0) over n seeds, ×100"
 DEFAULT_MD_METRICS: tuple[str, ...] = ("Non0_acc_2", "MAE")
 DEFAULT_PLOT_METRIC = "Non0_acc_2"
-ID_COLUMNS: tuple[str, ...] = ("method", "label", "kind", "dataset", "n_seeds", "seeds", "ood_sets", "headline_set")
+ID_COLUMNS: tuple[str, ...] = (
+    "method", "label", "kind", "dataset", "n_seeds", "seeds", "ood_sets", "headline_set", "selection",
+    "selected_epochs", "delayed_term_active",
+)
 IID_SET = "test"
 OOD_AVG = "ood_avg"
 GAP = "gap"
@@ -343,14 +348,26 @@ def group_metrics(
 
 
 def run_group_metrics(
-    run_dir: str | os.PathLike[str], test_sets: Sequence[str], *, min_group_size: int = DEFAULT_MIN_GROUP_SIZE
+    run_dir: str | os.PathLike[str],
+    test_sets: Sequence[str],
+    *,
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
+    predictions: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """:func:`group_metrics` of a run folder's ``predictions.csv`` (all NaN, with a warning, when it is missing)."""
+    """:func:`group_metrics` of a run folder's ``predictions.csv`` (all NaN, with a warning, when it is missing).
+    ``predictions`` ({set: array in the file's row order}) replaces a set's predictions, e.g. those of another
+    selected epoch (`benchmarks.selection.reselect`); the ground-truth columns stay the file's."""
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
         log.warning("%s is missing: no group metrics for that run", path)
         return {name: dict.fromkeys(GROUP_METRICS, math.nan) for name in test_sets}
-    return group_metrics(_read_predictions(path), test_sets, min_group_size=min_group_size, source=str(path))
+    preds = _read_predictions(path)
+    for name, values in (predictions or {}).items():
+        rows = np.flatnonzero((preds["set"] == name).to_numpy())
+        if rows.size != len(values):
+            raise ValueError(f"{path}: {rows.size} rows for set {name!r}, the selected predictions have {len(values)}")
+        preds.loc[preds.index[rows], "prediction"] = np.asarray(values, dtype=np.float64)
+    return group_metrics(preds, test_sets, min_group_size=min_group_size, source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -374,18 +391,27 @@ def _identity(result: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _load_unique(
-    runs: Sequence[Path], recompute: bool
-) -> tuple[dict[tuple[str, str], dict[int, dict[str, Any]]], list[Path]]:
+    runs: Sequence[Path], recompute: bool, selection: str = DEFAULT_SELECTION
+) -> tuple[dict[tuple[str, str], dict[int, dict[str, Any]]], list[Path], list[Path]]:
     """Group runs by (label, dataset) and seed; identical duplicates are kept once, differing ones raise.
 
     A label used by two different methods raises too: one row must be one method. Each kept result records its
-    folder under ``"_run_dir"``."""
+    folder under ``"_run_dir"``. Under a ``selection`` other than ``iid_valid`` every run is re-selected from its
+    per-epoch records (`benchmarks.selection.reselect`); runs without records are left out and returned third."""
     groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     owner: dict[tuple[str, str, int], Path] = {}
     method_of: dict[str, tuple[str, Path]] = {}
     duplicates: list[Path] = []
+    unselectable: list[Path] = []
     for run in runs:
         result = load_run(run, recompute=recompute)
+        if selection != DEFAULT_SELECTION:
+            try:
+                result = reselect(run, result, selection)
+            except ValueError as exc:
+                log.warning("%s; left out under selection %r", exc, selection)
+                unselectable.append(run)
+                continue
         label, method = row_label(result), str(result["method"])
         if label in method_of and method_of[label][0] != method:
             other_method, other_run = method_of[label]
@@ -408,7 +434,7 @@ def _load_unique(
         owner[key] = run
         result["_run_dir"] = str(run)
         groups.setdefault(key[:2], {})[key[2]] = result
-    return groups, duplicates
+    return groups, duplicates, unselectable
 
 
 def _row_kinds(groups: Mapping[tuple[str, str], Mapping[int, dict[str, Any]]]) -> dict[tuple[str, str], str]:
@@ -501,6 +527,31 @@ def _put(row: dict[str, Any], prefix: str, cell: tuple[float, float, int, float,
         row[f"{prefix}/{stat}"] = value
 
 
+def selected_epoch(result: Mapping[str, Any], set_name: str = "") -> int:
+    """The 0-based epoch whose predictions a run reports on ``set_name``: the re-selected one under a post-hoc
+    rule, else ``result.json``'s ``selected_epoch`` (-1 when absent)."""
+    epochs = result.get("selected_epochs") or {}
+    if set_name in epochs:
+        return int(epochs[set_name])
+    return int(result.get("selected_epoch", -1))
+
+
+def _delayed_term_cell(results: Iterable[Mapping[str, Any]], target: str) -> str:
+    """``k/n``: in how many of the row's n runs the method's late-starting term (GEAR's swap) is active at the
+    epoch selected for set ``target``; empty for methods without one."""
+    from methods import METHODS
+
+    flags = []
+    for result in results:
+        method = METHODS.get(str(result["method"]))
+        if method is None or "_run_dir" not in result:
+            continue
+        active = method.delayed_term_active(model_config(Path(result["_run_dir"])), selected_epoch(result, target))
+        if active is not None:
+            flags.append(bool(active))
+    return f"{sum(flags)}/{len(flags)}" if flags else ""
+
+
 def bias_id_auroc(result: Mapping[str, Any]) -> float:
     """The run's bias-identification AUROC (fraction; NaN when the method reports none): JTT's error set at the
     end of stage 1 (``diagnostics.identification``), or a weighting method's per-epoch record
@@ -534,6 +585,7 @@ def build_leaderboard(
     recompute: bool = False,
     order: Sequence[str] | None = None,
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
+    selection: str = DEFAULT_SELECTION,
 ) -> pd.DataFrame:
     """One row per (label, dataset) over the complete runs below ``root`` (see the module docstring for columns,
     row order, the headline, the group metrics and the intervals).
@@ -544,20 +596,25 @@ def build_leaderboard(
     the worst-group accuracy. ``df.attrs`` records the complete, incomplete and duplicate run folders, the
     ``min_group_size`` and, under ``per_seed``, one record per run (label, dataset, kind, seed, ``iid`` and
     ``headline`` Non0 Acc-2 x100, NaN where the run lacks the set) for :func:`iid_vs_headline_figure`.
+    ``selection``: a rule of `benchmarks.selection` (default ``iid_valid`` = ``result.json``); under another rule
+    every cell is recomputed from the runs' per-epoch records, and runs without records are listed in
+    ``df.attrs["unselectable_runs"]``.
     """
+    get_selection(selection)
     if int(min_group_size) != min_group_size or min_group_size < 1:
         raise ValueError(f"min_group_size must be a positive integer, got {min_group_size!r}")
     complete, incomplete = find_runs(root)
     if incomplete:
         log.warning("%d incomplete run folder(s) (no 'done') ignored below %s", len(incomplete), root)
-    groups, duplicates = _load_unique(complete, recompute)
+    groups, duplicates, unselectable = _load_unique(complete, recompute, selection)
     method_of = {label: str(next(iter(runs.values()))["method"]) for (label, _), runs in groups.items()}
     kind_of = _row_kinds(groups)
     group_values: dict[tuple[str, str, int], dict[str, dict[str, float]]] = {}
     for (label, dataset), runs in groups.items():
         for seed, result in runs.items():
             group_values[(label, dataset, seed)] = run_group_metrics(
-                result["_run_dir"], result["test_sets"], min_group_size=min_group_size
+                result["_run_dir"], result["test_sets"], min_group_size=min_group_size,
+                predictions=result.get("_predictions"),
             )
 
     sets: list[str] = []
@@ -610,6 +667,9 @@ def build_leaderboard(
             "seeds": ";".join(str(s) for s in seeds),
             "ood_sets": _ood_sets_cell([p[0] for p in per_seed], ood_order),
             "headline_set": hset,
+            "selection": selection,
+            "selected_epochs": ";".join(str(selected_epoch(runs[seed], hset)) for seed in seeds),
+            "delayed_term_active": _delayed_term_cell([runs[seed] for seed in seeds], hset or IID_SET),
         }
         for s in sets:
             having = [seed for seed in seeds if s in runs[seed]["test_sets"]]
@@ -667,6 +727,8 @@ def build_leaderboard(
         duplicate_runs=[str(p) for p in duplicates],
         min_group_size=int(min_group_size),
         per_seed=per_seed_records,
+        selection=selection,
+        unselectable_runs=[str(p) for p in unselectable],
     )
     return df
 
@@ -700,7 +762,7 @@ def per_seed_table(
         complete, incomplete = find_runs(root)
         if incomplete:
             log.warning("%d incomplete run folder(s) (no 'done') ignored below %s", len(incomplete), root)
-    groups, _ = _load_unique(complete, recompute)
+    groups, _, _ = _load_unique(complete, recompute)
     records = []
     for (label, dataset), runs in sorted(groups.items()):
         for seed in sorted(runs):
@@ -804,6 +866,8 @@ def _headline_rows(sub: pd.DataFrame, with_worst: bool) -> list[list[str]]:
         else:
             cells += [_MISSING, _MISSING, _MISSING]
         cells.append(_resolved_cell(row))
+        cells.append(str(row["selected_epochs"]).replace(";", ", "))
+        cells.append(str(row["delayed_term_active"]) or _MISSING)
         out.append(cells)
     return out
 
@@ -842,6 +906,19 @@ def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_M
         "ranking: on a set where some shortcuts still agree with the label, a shortcut user can beat a debiased "
         "model.",
     ]
+    rule = df.attrs.get("selection", DEFAULT_SELECTION)
+    lines.append(
+        f"Selection: `{rule}` (`msabench leaderboard --selection`; METHODS §10.4). epochs = the 0-based epoch each "
+        "seed reports on the headline set; late term on = in how many seeds a debiasing term that starts late "
+        "(GEAR's swap) is active at that epoch."
+        + (" Test-set selection: an upper bound on what selection gives, never a result." if rule == "oracle" else "")
+    )
+    if df.attrs.get("unselectable_runs"):
+        lines.append(
+            f"Left out (no per-epoch records, written before they existed; `iid_valid` still reads them): "
+            f"{len(df.attrs['unselectable_runs'])} run(s): "
+            + ", ".join(f"`{Path(p).name}`" for p in df.attrs["unselectable_runs"])
+        )
     if df.attrs.get("incomplete_runs") is not None:
         lines.append(
             f"Runs: {len(df.attrs.get('complete_runs', []))} complete, "
@@ -858,7 +935,7 @@ def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_M
             with_worst = bool((sub[f"{WORST_GROUP}/n"] > 0).any())
             header = ["label", "kind", "seeds", f"IID ({IID_SET})", f"headline ({hset})"]
             header += [f"worst group ({IID_SET})"] if with_worst else []
-            header += ["Δ vs baseline [95% CI]", "pairs", "P(> baseline)", "vs baseline"]
+            header += ["Δ vs baseline [95% CI]", "pairs", "P(> baseline)", "vs baseline", "epochs", "late term on"]
             ranked, apart = sub[sub["kind"] == "method"], sub[sub["kind"] != "method"]
             lines += ["", f"### Headline: {HEADLINE_METRIC} on `{_md_escape(hset)}`", ""]
             lines += _table(header, _headline_rows(ranked, with_worst)) if not ranked.empty else ["No method rows."]
@@ -1085,22 +1162,6 @@ def iid_vs_headline_figure(df: pd.DataFrame) -> Any:
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a flushed, fsynced temporary file in the same folder, then a rename
-    (a reader never sees half a file; a failure leaves the old file and no temporary behind)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_write_png(path: Path, fig: Any) -> None:

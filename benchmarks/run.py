@@ -22,11 +22,13 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from benchmarks.atomic import atomic_write_bytes
 from benchmarks.config import config_hash, run_dir_for, to_object
 from benchmarks.environment import environment, git_commit, library_versions
 from datamodules import get_dataset
 from datamodules.datamodule import MSADataModule
 from methods import get_method
+from methods.epoch_records import FILE_NAME as EPOCH_RECORDS
 from methods.metrics import SELECTION_MODES
 
 log = logging.getLogger(__name__)
@@ -40,14 +42,17 @@ class RunExistsError(FileExistsError):
 class BestState(Callback):
     """Keeps an in-memory copy of the weights at the best ``val/select`` (IID valid only)."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, first_epoch: int = 0) -> None:
         self.mode = mode
+        self.first_epoch = int(first_epoch)
         self.best: float | None = None
         self.epoch = -1
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "val/select" not in trainer.callback_metrics:
+            return
+        if trainer.current_epoch < self.first_epoch:
             return
         value = float(trainer.callback_metrics["val/select"])
         if np.isnan(value):
@@ -150,18 +155,27 @@ def run_job(cfg: DictConfig) -> Path:
     dm = build_datamodule(cfg)
     method = get_method(cfg.method)(dm.spec, to_object(cfg.model))
     method.configure_selection(cfg.selection.key)
+    recorder = method.enable_epoch_records() if cfg.trainer.record_epochs else None
     mode = SELECTION_MODES[cfg.selection.key]
-    best = BestState(mode)
-    callbacks: list[Callback] = [
-        EarlyStopping("val/select", patience=cfg.trainer.patience, min_delta=cfg.trainer.min_delta, mode=mode),
-        best,
-    ]
+    first_epoch = method.first_selectable_epoch()
+    if first_epoch >= cfg.trainer.max_epochs:
+        raise ValueError(
+            f"{cfg.method}: model selection starts at 0-based epoch {first_epoch} (e.g. gear.swap_epochs with "
+            f"gear.select_after_swap=true) but trainer.max_epochs={cfg.trainer.max_epochs}; raise max_epochs or "
+            "lower that start"
+        )
+    best = BestState(mode, first_epoch)
+    callbacks: list[Callback] = [best]
+    if cfg.trainer.early_stop:
+        callbacks.insert(
+            0, EarlyStopping("val/select", patience=cfg.trainer.patience, min_delta=cfg.trainer.min_delta, mode=mode)
+        )
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     loggers = [CSVLogger(str(run_dir), name="logs", version=""), *_extra_loggers(cfg, run_dir)]
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
-        min_epochs=cfg.trainer.min_epochs,
+        min_epochs=max(cfg.trainer.min_epochs, first_epoch + 1),
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         precision=cfg.trainer.precision,
@@ -194,6 +208,10 @@ def run_job(cfg: DictConfig) -> Path:
         # Ground truth (METHODS.md §11.1): z_m, conflict_m, group; empty strings for real data.
         frame.update(dm.ground_truth_of(name, np.asarray(out["index"])))
         rows.append(pd.DataFrame(frame))
+    records_bytes = None
+    if recorder is not None:
+        records_bytes = recorder.to_bytes()
+        atomic_write_bytes(run_dir / EPOCH_RECORDS, records_bytes)
     predictions = pd.concat(rows, ignore_index=True)
     tmp = run_dir / "predictions.csv.tmp"
     predictions.to_csv(tmp, index=False)
@@ -209,8 +227,10 @@ def run_job(cfg: DictConfig) -> Path:
         "config_hash": config_hash(cfg),
         "selected_epoch": best.epoch,
         "epochs_trained": int(trainer.current_epoch),
-        "selection": {"key": cfg.selection.key, "split": "valid", "value": best.best},
+        "selection": {"key": cfg.selection.key, "split": "valid", "value": best.best, "first_epoch": first_epoch},
         "valid_at_selected_epoch": selected,
+        "valid_history": method.valid_history,
+        "epoch_records": None if records_bytes is None else {"file": EPOCH_RECORDS, "bytes": len(records_bytes)},
         "test_sets": dm.test_set_names,
         "metrics": {name: method.test_metrics[name] for name in dm.test_set_names},
         "n_samples": {name: int(len(method.test_outputs[name]["index"])) for name in dm.test_set_names},

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -244,6 +244,14 @@ class MSADataModule(L.LightningDataModule):
     def eval_dataloader(self, name: str) -> DataLoader:
         """Sequential batches of any named set ('train', 'valid' or a test set), e.g. to score the training set."""
         return self._loader(name, shuffle=False)
+
+    def iter_eval_batches(self, name: str) -> Iterator[Batch]:
+        """Sequential batches (``eval_batch_size``) of a named set without a DataLoader: unlike iterating one, this
+        draws nothing from torch's global generator, so scoring extra sets mid-training (per-epoch records)
+        leaves the training run's random stream, and so its results, unchanged."""
+        data = self._tensor_split(name)
+        for start in range(0, len(data), self.eval_batch_size):
+            yield data[list(range(start, min(start + self.eval_batch_size, len(data))))]
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         data = self._tensor_split(name)

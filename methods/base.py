@@ -21,6 +21,7 @@ from torch import Tensor
 
 from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import OPTIM_GROUPS, BackboneConfig
+from methods.epoch_records import VALID, EpochRecorder
 from methods.metrics import SELECTION_MODES, msa_metrics, selection_value
 
 
@@ -91,6 +92,31 @@ class MSAMethod(L.LightningModule):
         self.test_outputs: dict[str, dict[str, np.ndarray]] = {}
         self._valid_buffer: list[tuple[Tensor, Tensor, dict[str, Tensor]]] = []
         self._test_buffer: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
+        self.recorder: EpochRecorder | None = None
+
+    def enable_epoch_records(self) -> EpochRecorder:
+        """Record, after every validation epoch, the predictions on valid and on every test set of the
+        datamodule (METHODS §10.4; `methods.epoch_records`). Returns the recorder the run folder is written from."""
+        self.recorder = EpochRecorder()
+        return self.recorder
+
+    def first_selectable_epoch(self) -> int:
+        """The first 0-based epoch model selection may pick: 0, unless a method's debiasing term only starts later
+        (GEAR's swap), so that the reported model is the method with its term active."""
+        return 0
+
+    @classmethod
+    def delayed_term_active(cls, model_cfg: dict[str, Any], epoch: int) -> bool | None:
+        """Whether the method's debiasing term that starts late (GEAR's swap) is on at 0-based ``epoch`` under the
+        run's model config; None for methods without such a term. The leaderboard reports it at the selected
+        epoch."""
+        return None
+
+    @classmethod
+    def choice_candidates(cls, heads: dict[str, np.ndarray], model_cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The predictions among which the method makes its own choice on valid (CLUE: one per alpha), rebuilt from
+        recorded heads so that post-hoc selection can make that choice on another set. None by default."""
+        return {}
 
     def predict(self, batch: Batch) -> Tensor:
         """The method's sentiment score per sample, (B,), as used for evaluation."""
@@ -188,6 +214,29 @@ class MSAMethod(L.LightningModule):
         self.log_dict(logged, on_step=False, on_epoch=True)
         self.valid_history.append({"epoch": int(self.current_epoch), **{k[4:]: v for k, v in logged.items()}})
         self._valid_buffer = []
+        if self.recorder is not None:
+            self._record_epoch(pred, label, heads)
+
+    @torch.no_grad()
+    def _record_epoch(self, pred: np.ndarray, label: np.ndarray, heads: dict[str, np.ndarray]) -> None:
+        """This epoch's valid predictions (after the method's choice) and every test set's, into the recorder."""
+        epoch = int(self.current_epoch)
+        self.recorder.add(epoch, VALID, label, pred, heads)
+        dm = self.trainer.datamodule
+        was_training = self.training
+        self.eval()
+        for name in dm.test_set_names:
+            preds, labels, set_heads = [], [], []
+            for batch in dm.iter_eval_batches(name):
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                preds.append(self.predict(batch).detach().float().cpu())
+                labels.append(batch.label.cpu())
+                set_heads.append({k: v.detach().float().cpu() for k, v in self.predict_heads(batch).items()})
+            self.recorder.add(
+                epoch, name, torch.cat(labels).numpy(), torch.cat(preds).numpy(),
+                {h: torch.cat([part[h] for part in set_heads]).numpy() for h in set_heads[0]} if set_heads else {},
+            )
+        self.train(was_training)
 
     def on_test_epoch_start(self) -> None:
         self._test_buffer = {}

@@ -19,6 +19,7 @@ the best OOD-test accuracy; that is not done here (an oracle row would have to b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,6 +102,12 @@ class Clue(MSAMethod):
         """y_mm, y_t, y_f and c + y_t: their valid MAE is logged; the last two pick alpha."""
         out = self.outputs(batch)
         return {"mm": out.mm, "text": out.text, "fused": out.fused, "counterfactual": out.counterfactual}
+
+    @classmethod
+    def choice_candidates(cls, heads: dict[str, np.ndarray], model_cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+        """One prediction per alpha of the run's ``alpha_grid``: y_f - alpha * (c + y_t), from the recorded heads."""
+        grid = sorted({float(a) for a in model_cfg.get("alpha_grid", _default_grid())})
+        return {f"alpha={a:g}": heads["fused"] - a * heads["counterfactual"] for a in grid}
 
     def select_on_valid(
         self, pred: np.ndarray, label: np.ndarray, heads: dict[str, np.ndarray]

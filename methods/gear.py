@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +54,8 @@ class GearConfig(MethodConfig):
     lambda_swap: float = 1.0
     swap_epochs: int = 5
     swap: bool = True
+    # Model selection only among epochs with the swap active (>= swap_epochs); false = any epoch (earlier runs).
+    select_after_swap: bool = True
     swap_dim: int = 32
 
 
@@ -164,6 +167,16 @@ class Gear(WeightDiagnostics, MSAMethod):
     def swap_active(self) -> bool:
         """True from 0-based epoch ``swap_epochs`` on (epoch > swap_epochs counted from 1), if enabled."""
         return bool(self.cfg.swap) and int(self.current_epoch) >= self.cfg.swap_epochs
+
+    @classmethod
+    def delayed_term_active(cls, model_cfg: dict[str, Any], epoch: int) -> bool | None:
+        """The swap is on from 0-based epoch ``swap_epochs`` when ``swap`` is true."""
+        return bool(model_cfg.get("swap", True)) and int(epoch) >= int(model_cfg.get("swap_epochs", 5))
+
+    def first_selectable_epoch(self) -> int:
+        """With the swap on and ``select_after_swap``, selection starts at the swap's first epoch: otherwise early
+        stopping on IID valid often picks an epoch before it and the row reports GEAR without its swap."""
+        return int(self.cfg.swap_epochs) if self.cfg.swap and self.cfg.select_after_swap else 0
 
     def _permutation(self, n: int, device: torch.device) -> Tensor:
         if self.swap_generator is None:
