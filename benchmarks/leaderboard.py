@@ -138,7 +138,7 @@ DEFAULT_MD_METRICS: tuple[str, ...] = ("Non0_acc_2", "MAE")
 DEFAULT_PLOT_METRIC = "Non0_acc_2"
 ID_COLUMNS: tuple[str, ...] = (
     "method", "label", "kind", "dataset", "n_seeds", "seeds", "ood_sets", "headline_set", "selection",
-    "selected_epochs", "delayed_term_active",
+    "selected_epochs", "selected_choices", "delayed_term_active",
 )
 IID_SET = "test"
 OOD_AVG = "ood_avg"
@@ -536,6 +536,13 @@ def selected_epoch(result: Mapping[str, Any], set_name: str = "") -> int:
     return int(result.get("selected_epoch", -1))
 
 
+def _choices_cell(results: Sequence[Mapping[str, Any]], target: str) -> str:
+    """Per seed, the method's choice re-made by a post-hoc rule on set ``target`` (CLUE's ``alpha=...``),
+    ``;``-separated; empty when no run has one (every run under ``iid_valid``, or a method without choices)."""
+    choices = [(r.get("selected_candidates") or {}).get(target) for r in results]
+    return ";".join(c or "" for c in choices) if any(choices) else ""
+
+
 def _delayed_term_cell(results: Iterable[Mapping[str, Any]], target: str) -> str:
     """``k/n``: in how many of the row's n runs the method's late-starting term (GEAR's swap) is active at the
     epoch selected for set ``target``; empty for methods without one."""
@@ -669,6 +676,7 @@ def build_leaderboard(
             "headline_set": hset,
             "selection": selection,
             "selected_epochs": ";".join(str(selected_epoch(runs[seed], hset)) for seed in seeds),
+            "selected_choices": _choices_cell([runs[seed] for seed in seeds], hset or IID_SET),
             "delayed_term_active": _delayed_term_cell([runs[seed] for seed in seeds], hset or IID_SET),
         }
         for s in sets:

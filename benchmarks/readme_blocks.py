@@ -1,8 +1,10 @@
 """Generated blocks of the README: text between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end -->`` markers
 that a command rewrites from committed files, so no number in them is typed by hand.
 
-Blocks: ``results`` (the headline table of `make bench`, from ``docs/results/default/leaderboard.csv``) and
-``ci-calibration`` (the CI check's calibration, from ``benchmarks/reference/ci.calibration.json``).
+Blocks: ``results`` (the headline table of `make bench`, from ``docs/results/default/leaderboard.csv``),
+``selection`` (the same runs under ``iid_valid`` and ``oracle`` selection, from that CSV and
+``docs/results/default/selection-oracle/leaderboard.csv``) and ``ci-calibration`` (the CI check's calibration, from
+``benchmarks/reference/ci.calibration.json``).
 `msabench readme` rewrites both; ``--check`` only says whether they are current (a test does the same).
 """
 
@@ -16,6 +18,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS_CSV = ROOT / "docs" / "results" / "default" / "leaderboard.csv"
+ORACLE_CSV = ROOT / "docs" / "results" / "default" / "selection-oracle" / "leaderboard.csv"
 COMMAND = "msabench readme"
 
 
@@ -98,6 +101,38 @@ def render_results(csv_path: Path = RESULTS_CSV) -> str:
     return "\n".join(lines)
 
 
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def render_selection(iid_csv: Path = RESULTS_CSV, oracle_csv: Path = ORACLE_CSV) -> str:
+    """Per row: the headline under ``iid_valid`` and under ``oracle`` selection (the gap is what honest selection
+    costs the row), the epochs each seed reports under both, CLUE's oracle alpha and GEAR's swap at the selected
+    epoch."""
+    iid, oracle = pd.read_csv(iid_csv), pd.read_csv(oracle_csv)
+    for path, frame in ((iid_csv, iid), (oracle_csv, oracle)):
+        if "selected_epochs" not in frame.columns:
+            raise ValueError(f"{path}: no column 'selected_epochs'; regenerate it with `msabench leaderboard`")
+    merged = iid.merge(oracle, on=["label", "dataset"], suffixes=("", "_oracle"), how="inner")
+    merged = merged.sort_values(["dataset", "kind", "headline/mean"], ascending=[True, True, False])
+    lines = [
+        "| row | kind | headline, iid_valid | headline, oracle | oracle − iid_valid | epochs, iid_valid | "
+        "epochs, oracle | oracle choice | late term on |",
+        "|---|---|---:|---:|---:|---|---|---|---|",
+    ]
+    for _, row in merged.iterrows():
+        gap = row["headline/mean_oracle"] - row["headline/mean"]
+        lines.append(
+            f"| {row['label']} | {row['kind']} | {_cell(row, 'headline')} | "
+            f"{row['headline/mean_oracle']:.2f} ± {row['headline/std_oracle']:.2f} | {gap:+.2f} | "
+            f"{_text(row['selected_epochs']).replace(';', ', ')} | "
+            f"{_text(row['selected_epochs_oracle']).replace(';', ', ')} | "
+            f"{_text(row['selected_choices_oracle']).replace(';', ', ') or '—'} | "
+            f"{_text(row['delayed_term_active']) or '—'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def current_readme(readme_path: Path = README, results_csv: Path = RESULTS_CSV) -> tuple[str, str]:
     """(README text now, README text with every generated block regenerated)."""
     from benchmarks import check as ck
@@ -105,6 +140,7 @@ def current_readme(readme_path: Path = README, results_csv: Path = RESULTS_CSV) 
 
     text = readme_path.read_text(encoding="utf-8")
     fresh = replace_block(text, "results", render_results(results_csv), source=str(readme_path))
+    fresh = replace_block(fresh, "selection", render_selection(results_csv, ORACLE_CSV), source=str(readme_path))
     fresh = replace_block(
         fresh, "ci-calibration", ck.render_calibration(committed_calibration()), source=str(readme_path)
     )

@@ -264,7 +264,7 @@ def test_leaderboard_columns() -> None:
     df = build_leaderboard(RUNS, order=ORDER)
     assert ID_COLUMNS == (
         "method", "label", "kind", "dataset", "n_seeds", "seeds", "ood_sets", "headline_set", "selection",
-        "selected_epochs", "delayed_term_active",
+        "selected_epochs", "selected_choices", "delayed_term_active",
     )
     assert STATS == ("mean", "std", "n", "ci_low", "ci_high")
     assert DIFF_COLUMNS == (
@@ -275,7 +275,7 @@ def test_leaderboard_columns() -> None:
         "p_better",
         "resolved",
     )
-    assert list(df.columns[:11]) == list(ID_COLUMNS)
+    assert list(df.columns[:12]) == list(ID_COLUMNS)
     # test first (metrics, then group metrics), then the headline, worst group, bias identification and the
     # difference to the baseline,
     # then the OOD sets in order of appearance over runs sorted by (dataset, label, seed), then the derived cells
@@ -555,9 +555,9 @@ def test_markdown_custom_metrics_and_missing_iid(runs_copy: Path) -> None:
 
 def test_empty_root(tmp_path: Path) -> None:
     df = build_leaderboard(tmp_path)
-    assert df.empty and list(df.columns[:11]) == list(ID_COLUMNS)
+    assert df.empty and list(df.columns[:12]) == list(ID_COLUMNS)
     headline = [f"{p}/{x}" for p in ("headline", "worst_group", "bias_id_auroc") for x in STATS] + list(DIFF_COLUMNS)
-    assert list(df.columns[11:]) == headline + _cells("ood_avg", METRIC_KEYS) + _cells("gap", METRIC_KEYS)
+    assert list(df.columns[12:]) == headline + _cells("ood_avg", METRIC_KEYS) + _cells("gap", METRIC_KEYS)
     csv_path, md_path, png_path, line_path = write_leaderboard(df, tmp_path / "out")
     assert csv_path.read_text().splitlines() == [",".join(df.columns)]
     assert "No complete runs." in md_path.read_text(encoding="utf-8")

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from benchmarks.cli import main as cli_main
-from benchmarks.readme_blocks import RESULTS_CSV, current_readme, markers, render_results, replace_block
+from benchmarks.readme_blocks import (
+    RESULTS_CSV,
+    current_readme,
+    markers,
+    render_results,
+    render_selection,
+    replace_block,
+)
 
 
 def test_readme_blocks_match_the_committed_files() -> None:
@@ -42,3 +49,10 @@ def test_results_table_follows_the_csv(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no column 'headline/mean'"):
         frame.drop(columns=["headline/mean"]).to_csv(changed, index=False)
         render_results(changed)
+
+
+def test_selection_table_needs_leaderboards_with_selected_epochs(tmp_path: Path) -> None:
+    old = tmp_path / "old.csv"
+    pd.read_csv(RESULTS_CSV).drop(columns=["selected_epochs"]).to_csv(old, index=False)
+    with pytest.raises(ValueError, match="no column 'selected_epochs'"):
+        render_selection(old, old)

@@ -113,6 +113,9 @@ def test_clue_oracle_chooses_alpha_among_its_candidates(tmp_path):
     grid = sorted({float(a) for a in METHODS["clue"].config_class().alpha_grid})
     assert set(oracle["selected_candidates"].values()) <= {f"alpha={a:g}" for a in grid}
     assert reselect(run_dir, result, "iid_valid")["metrics"] == result["metrics"]
+    df = build_leaderboard(tmp_path, selection="oracle")
+    assert df.loc[0, "selected_choices"] == oracle["selected_candidates"]["ood_tav"]
+    assert build_leaderboard(tmp_path).loc[0, "selected_choices"] == ""
 
 
 def test_gear_selects_only_epochs_with_the_swap_on(tmp_path):
