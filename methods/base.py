@@ -77,6 +77,10 @@ class MSAMethod(L.LightningModule):
     kind: ClassVar[str] = "method"
     # True for rows that train on the synthetic generator's ground truth (oracle rows): refused on real data.
     needs_ground_truth: ClassVar[bool] = False
+    # Whether per-epoch records keep ``predict_heads`` on the test sets too (valid's are always kept): only for a
+    # method whose choice on valid is rebuilt from heads (`choice_candidates`, CLUE); for the others it would
+    # cost a second forward pass per test batch and nothing reads it.
+    record_test_heads: ClassVar[bool] = False
 
     def __init__(self, dims: FeatureSpec, cfg: MethodConfig) -> None:
         super().__init__()
@@ -231,7 +235,8 @@ class MSAMethod(L.LightningModule):
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
                 preds.append(self.predict(batch).detach().float().cpu())
                 labels.append(batch.label.cpu())
-                set_heads.append({k: v.detach().float().cpu() for k, v in self.predict_heads(batch).items()})
+                if self.record_test_heads:
+                    set_heads.append({k: v.detach().float().cpu() for k, v in self.predict_heads(batch).items()})
             self.recorder.add(
                 epoch, name, torch.cat(labels).numpy(), torch.cat(preds).numpy(),
                 {h: torch.cat([part[h] for part in set_heads]).numpy() for h in set_heads[0]} if set_heads else {},

@@ -103,6 +103,8 @@ class Clue(MSAMethod):
         out = self.outputs(batch)
         return {"mm": out.mm, "text": out.text, "fused": out.fused, "counterfactual": out.counterfactual}
 
+    record_test_heads = True  # alpha is re-chosen from fused / counterfactual by post-hoc rules
+
     @classmethod
     def choice_candidates(cls, heads: dict[str, np.ndarray], model_cfg: dict[str, Any]) -> dict[str, np.ndarray]:
         """One prediction per alpha of the run's ``alpha_grid``: y_f - alpha * (c + y_t), from the recorded heads."""

@@ -1,8 +1,9 @@
 """Per-epoch predictions of a run (METHODS.md §10.4): what post-hoc selection reads.
 
 After every validation epoch the method scores the IID valid split and every test set with the weights of that
-epoch and hands the predictions here, with its extra heads (``predict_heads``, e.g. CLUE's ``fused`` and
-``counterfactual``, from which a choice like CLUE's α can be re-made on any set). A run folder keeps them as one
+epoch and hands the predictions here, with its extra heads (``predict_heads``): on valid always, on the test sets
+only for a method whose choice on valid is rebuilt from them (``record_test_heads``: CLUE's ``fused`` and
+``counterfactual``, from which its α can be re-made on any set). A run folder keeps them as one
 compressed ``epochs.npz``:
 
 * ``epochs``: int64 (E,), the 0-based epochs recorded, in order;
