@@ -17,9 +17,11 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 RUN_HELP = """\
@@ -588,7 +590,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides given after an option (e.g. `prepare synthetic --out X bias=0.8`) still count
+        stray = [t for t in extra if t.startswith("-") or "=" not in t]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*(args.overrides or []), *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -596,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, KeyError, OSError, RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        # user input (a bad file, key or value, a full disk): one line naming it, no traceback
         print(f"msabench {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

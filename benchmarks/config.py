@@ -71,6 +71,9 @@ class WandbConfig:
     project: str = "msa-debias-bench"
     entity: str = ""
     group: str = ""
+    # Seconds W&B may take to start (and to finish) a run; past it the job logs a warning and goes on without W&B
+    # (an unreachable server otherwise stalls every job for about 100 s).
+    timeout_s: float = 10.0
 
 
 @dataclass

@@ -183,7 +183,8 @@ def find_runs(root: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
     """(complete, incomplete) run folders below ``root``, each sorted by path.
 
     A run folder is a directory holding ``result.json`` or ``config.yaml``; it is complete when it also holds
-    ``done`` and ``result.json``. The search does not descend into run folders.
+    ``done`` and ``result.json``. The search does not descend into run folders, nor into hidden folders (the
+    staging folder of a job replacing a complete run).
     """
     root = Path(root)
     if not root.is_dir():
@@ -191,7 +192,7 @@ def find_runs(root: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
     complete: list[Path] = []
     incomplete: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # staging folders of running jobs
         files = set(filenames)
         if "result.json" in files or "config.yaml" in files:
             dirnames[:] = []  # a run folder's sub-folders (logs, ...) are not runs
@@ -225,8 +226,16 @@ def load_run(run_dir: str | os.PathLike[str], *, recompute: bool = False) -> dic
     """
     run_dir = Path(run_dir)
     path = run_dir / "result.json"
-    with path.open(encoding="utf-8") as fh:
-        result: dict[str, Any] = json.load(fh)  # accepts the NaN tokens json.dumps(allow_nan=True) writes
+    done = run_dir / "done"
+    if done.is_file() and not done.read_text(encoding="utf-8", errors="replace").strip():
+        raise ValueError(f"{done} is empty: the job did not finish writing its folder; delete {run_dir} and rerun it")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            result: dict[str, Any] = json.load(fh)  # accepts the NaN tokens json.dumps(allow_nan=True) writes
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the run folder is damaged: delete it and rerun") from exc
+    if not isinstance(result, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(result).__name__}")
     for key in ("method", "dataset", "seed", "metrics"):
         if key not in result:
             raise ValueError(f"{path} has no {key!r} field")

@@ -1,10 +1,13 @@
 """One job: fit with early stopping on the IID valid split, restore the best epoch, then test once
-on every test set and write the run folder (DESIGN.md): ``config.yaml``, ``result.json``,
-``predictions.csv``, and ``done`` last. No test set is read before the checkpoint is fixed.
+on every test set and write the run folder (docs: the run folder): ``config.yaml``, ``epochs.npz``,
+``predictions.csv``, ``result.json``, and ``done`` last (each written to a temporary file, fsynced, renamed;
+``done`` holds the SHA-256 of ``result.json``). Data and config are loaded and validated before any folder is
+created; a complete run is replaced only by a complete new one. No test set is read before the checkpoint is fixed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from benchmarks.atomic import atomic_write_bytes
+from benchmarks.atomic import atomic_write_bytes, atomic_write_text
 from benchmarks.config import config_hash, run_dir_for, to_object
 from benchmarks.environment import environment, git_commit, library_versions
 from datamodules import get_dataset
@@ -68,20 +71,38 @@ class BestState(Callback):
         pl_module.load_state_dict(self.state)
 
 
-def _prepare_dir(run_dir: Path, overwrite: bool) -> None:
+def _prepare_dir(run_dir: Path, overwrite: bool) -> Path:
+    """The folder a job writes into. A complete run (``done``) is never touched here: with ``overwrite`` the new job
+    writes into a hidden staging sibling (``.<name>.new``) that replaces the old folder only once it is complete
+    (:func:`_swap_in`), so a failing rerun leaves the old results as they were. An incomplete folder is
+    removed and redone."""
     if (run_dir / "done").exists():
         if not overwrite:
             raise RunExistsError(f"{run_dir} already holds a complete run; set output.overwrite=true to redo it")
-        (run_dir / "done").unlink()
+        staging = run_dir.parent / f".{run_dir.name}.new"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return staging
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _swap_in(staging: Path, run_dir: Path) -> None:
+    """Replace the complete run ``run_dir`` by the complete run ``staging`` (two renames, then the old is removed;
+    a crash in between leaves the old run in ``.<name>.old``, never half of either)."""
+    old = run_dir.parent / f".{run_dir.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(run_dir, old)
+    os.replace(staging, run_dir)
+    shutil.rmtree(old)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
 
 def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
@@ -95,16 +116,19 @@ def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
         return []
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
+        timeout = float(cfg.wandb.timeout_s)
         logger = WandbLogger(
             project=cfg.wandb.project,
             entity=cfg.wandb.entity or None,
             group=cfg.wandb.group or cfg.output.sweep,
-            name=run_dir.name,
+            name=run_dir_for(cfg).name,
             tags=[cfg.method, cfg.dataset, f"seed={cfg.seed}"],
             save_dir=str(run_dir),
             mode=os.environ["WANDB_MODE"],
+            settings=wandb.Settings(init_timeout=timeout, finish_timeout=timeout, login_timeout=timeout),
         )
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
         return [logger]
@@ -144,9 +168,9 @@ def build_datamodule(cfg: DictConfig) -> MSADataModule:
 def run_job(cfg: DictConfig) -> Path:
     """Run one resolved job config and return its run folder."""
     start = time.time()
-    run_dir = run_dir_for(cfg)
-    _prepare_dir(run_dir, cfg.output.overwrite)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    final_dir = run_dir_for(cfg)
+    if (final_dir / "done").exists() and not cfg.output.overwrite:
+        raise RunExistsError(f"{final_dir} already holds a complete run; set output.overwrite=true to redo it")
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -164,6 +188,9 @@ def run_job(cfg: DictConfig) -> Path:
             f"gear.select_after_swap=true) but trainer.max_epochs={cfg.trainer.max_epochs}; raise max_epochs or "
             "lower that start"
         )
+    # Data and config are loaded and valid: only now is a folder created (or a complete one staged for replacing).
+    run_dir = _prepare_dir(final_dir, cfg.output.overwrite)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     best = BestState(mode, first_epoch)
     callbacks: list[Callback] = [best]
     if cfg.trainer.early_stop:
@@ -213,9 +240,7 @@ def run_job(cfg: DictConfig) -> Path:
         records_bytes = recorder.to_bytes()
         atomic_write_bytes(run_dir / EPOCH_RECORDS, records_bytes)
     predictions = pd.concat(rows, ignore_index=True)
-    tmp = run_dir / "predictions.csv.tmp"
-    predictions.to_csv(tmp, index=False)
-    os.replace(tmp, run_dir / "predictions.csv")
+    atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False, lineterminator="\n"))
     selected = next((h for h in method.valid_history if h["epoch"] == best.epoch), {})
     result = {
         "method": cfg.method,
@@ -242,5 +267,9 @@ def run_job(cfg: DictConfig) -> Path:
         "wall_time_s": round(time.time() - start, 2),
     }
     _write_json(run_dir / "result.json", result)
-    (run_dir / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    result_sha = hashlib.sha256((run_dir / "result.json").read_bytes()).hexdigest()
+    atomic_write_text(run_dir / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nresult.json sha256 {result_sha}\n")
+    if run_dir != final_dir:
+        _swap_in(run_dir, final_dir)
+        run_dir = final_dir
     return run_dir

@@ -10,11 +10,13 @@ jobs that were running; their folders hold no ``done`` and are redone from scrat
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -116,7 +118,53 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
             raise FileNotFoundError(f"sweep file {path} does not exist")
         parts.append(OmegaConf.load(path))
     parts.append(OmegaConf.from_dotlist(list(overrides or [])))
-    return OmegaConf.to_object(OmegaConf.merge(*parts))
+    sweep = OmegaConf.to_object(OmegaConf.merge(*parts))
+    validate_sweep(sweep, source=str(path) if path is not None else "sweep")
+    return sweep
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def validate_sweep(sweep: SweepConfig, source: str = "sweep") -> None:
+    """Refuse, before any job runs, names a sweep uses that nothing would read: methods, variant methods and the
+    keys of ``method_overrides`` that are not registered methods, ``datasets`` and the keys of
+    ``dataset_overrides`` / ``test_sets`` that are not registered datasets, a ``dataset_overrides`` / ``test_sets``
+    key for a dataset the sweep does not run, ``method_overrides`` for a method it does not run. Each error names
+    the file, the section and the closest valid name."""
+    from datamodules import DATASETS
+
+    methods, datasets = sorted(METHODS), sorted(DATASETS)
+    for name in sweep.methods:
+        if name != "all" and name not in METHODS:
+            raise ValueError(f"{source}: methods: unknown method {name!r}{_closest(name, methods)}")
+    for label, variant in sweep.variants.items():
+        if variant.method not in METHODS:
+            raise ValueError(
+                f"{source}: variants.{label}.method: unknown method {variant.method!r}"
+                f"{_closest(variant.method, methods)}"
+            )
+    for name in sweep.datasets:
+        if name not in DATASETS:
+            raise ValueError(f"{source}: datasets: unknown dataset {name!r}{_closest(name, datasets)}")
+    run_methods = (
+        {m for m, cls in METHODS.items() if cls.kind == "method"} if sweep.methods == ["all"] else set(sweep.methods)
+    ) | {v.method for v in sweep.variants.values()}
+    for section, keys in (("dataset_overrides", sweep.dataset_overrides), ("test_sets", sweep.test_sets)):
+        for name in keys:
+            if name not in sweep.datasets:
+                hint = _closest(name, list(sweep.datasets)) or _closest(name, datasets)
+                raise ValueError(
+                    f"{source}: {section}: {name!r} is not one of the sweep's datasets {list(sweep.datasets)}{hint}"
+                )
+    for name in sweep.method_overrides:
+        if name not in run_methods:
+            hint = _closest(name, sorted(run_methods)) or _closest(name, methods)
+            raise ValueError(
+                f"{source}: method_overrides: {name!r} is not a method the sweep runs {sorted(run_methods)}{hint}"
+            )
 
 
 def expand(sweep: SweepConfig) -> list[Job]:
@@ -207,8 +255,31 @@ def _worker_job(overrides: tuple[str, ...], sweep_dir: str) -> tuple[str, str | 
     return run_dir, error
 
 
+def die_with_parent() -> bool:
+    """Ask the kernel to send this process SIGTERM when its parent (the sweep launcher) dies (Linux
+    ``PR_SET_PDEATHSIG``), so that killing the launcher alone never leaves workers finishing the queue, and a
+    relaunch never runs a job twice. False where unsupported (then workers stop at the launcher's next signal)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:  # the launcher died before the call
+        os._exit(1)
+    return True
+
+
 def _init_worker(gpu_queue: Any) -> None:
     import warnings
+
+    die_with_parent()
 
     import lightning  # noqa: F401 - it sets its loggers to INFO when imported: quiet them afterwards
 

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -73,6 +74,34 @@ class TensorSplit(Dataset):
         return Batch(index=idx, **{key: value[idx] for key, value in self.tensors.items()})
 
 
+# Names a test set may not take: the standard splits and the leaderboard's derived columns.
+RESERVED_SET_NAMES = ("train", "valid", "test", "ood_avg", "gap", "headline", "worst_group", "bias_id_auroc")
+_SET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_manifest(manifest: object, path: str | Path) -> None:
+    """Refuse a split manifest whose shape is not ``{"name": identifier, "ids": [non-empty list of str], ...}``
+    (optional ``source_sha256`` / ``test_ids_sha256`` strings), naming the file and the field."""
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: a split manifest must be a JSON object, got {type(manifest).__name__}")
+    for key in ("name", "ids"):
+        if key not in manifest:
+            raise DataError(f"{path}: manifest has no key {key!r}")
+    name = manifest["name"]
+    if not isinstance(name, str) or not _SET_NAME.match(name):
+        raise DataError(f"{path}: 'name' must be a plain identifier (letters, digits, _), got {name!r}")
+    if name in RESERVED_SET_NAMES:
+        raise DataError(f"{path}: 'name' {name!r} is reserved (a split or a leaderboard column: {RESERVED_SET_NAMES})")
+    ids = manifest["ids"]
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise DataError(f"{path}: 'ids' must be a list of sample-id strings, got {type(ids).__name__}")
+    if not ids:
+        raise DataError(f"{path}: 'ids' is empty: an OOD set needs at least one sample")
+    for key in ("source_sha256", "test_ids_sha256"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            raise DataError(f"{path}: {key!r} must be a string, got {type(manifest[key]).__name__}")
+
+
 def load_manifest(path: str | Path, test: SplitData, source_sha256: str | None, *, allow_mismatch: bool) -> tuple[
     str, np.ndarray
 ]:
@@ -83,12 +112,10 @@ def load_manifest(path: str | Path, test: SplitData, source_sha256: str | None, 
     """
     path = Path(path)
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read split manifest ({exc})") from exc
-    for key in ("name", "ids"):
-        if key not in manifest:
-            raise DataError(f"{path}: manifest has no key {key!r}")
+    check_manifest(manifest, path)
     want, have = manifest.get("source_sha256"), source_sha256
     if want and have and want != have:
         msg = f"{path}: source_sha256 {want[:12]}... differs from the loaded data's {have[:12]}..."
