@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
 from benchmarks.config import build_config, run_dir_for
@@ -116,7 +117,10 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"sweep file {path} does not exist")
-        parts.append(OmegaConf.load(path))
+        try:
+            parts.append(OmegaConf.load(path))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"sweep file {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     parts.append(OmegaConf.from_dotlist(list(overrides or [])))
     sweep = OmegaConf.to_object(OmegaConf.merge(*parts))
     validate_sweep(sweep, source=str(path) if path is not None else "sweep")

@@ -69,8 +69,18 @@ class TensorSplit(Dataset):
     def __len__(self) -> int:
         return int(self.tensors["label"].shape[0])
 
-    def __getitem__(self, index: Sequence[int]) -> Batch:
+    def __getitem__(self, index: Sequence[int] | slice) -> Batch:
+        """The rows ``index`` (a list of positions, or a slice) as one Batch. A slice, or a list of consecutive
+        ascending positions (sequential evaluation), returns views of the stored tensors instead of copies."""
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError(f"slice step must be 1, got {step}")
+            idx = torch.arange(start, stop)
+            return Batch(index=idx, **{key: value[start:stop] for key, value in self.tensors.items()})
         idx = torch.as_tensor(index, dtype=torch.long)
+        if idx.numel() and int(idx[-1]) - int(idx[0]) + 1 == idx.numel() and bool((idx.diff() == 1).all()):
+            return self[int(idx[0]) : int(idx[-1]) + 1]
         return Batch(index=idx, **{key: value[idx] for key, value in self.tensors.items()})
 
 
@@ -278,7 +288,7 @@ class MSADataModule(L.LightningDataModule):
         leaves the training run's random stream, and so its results, unchanged."""
         data = self._tensor_split(name)
         for start in range(0, len(data), self.eval_batch_size):
-            yield data[list(range(start, min(start + self.eval_batch_size, len(data))))]
+            yield data[start : start + self.eval_batch_size]
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         data = self._tensor_split(name)

@@ -106,10 +106,21 @@ def test_selection_start_beyond_budget_keeps_the_run(results, capsys):
 def test_sweep_sections_are_checked_before_any_job(results, tmp_path, capsys, lines, message):
     root, _, before = results
     sweep = tmp_path / "typo.yaml"
-    sweep.write_text("\n".join(["name: typo", f"root: {root}", "methods: [baseline, gear]", *lines]) + "\n")
+    methods = [] if lines[0].startswith("methods:") else ["methods: [baseline, gear]"]
+    sweep.write_text("\n".join(["name: typo", f"root: {root}", *methods, *lines]) + "\n")
     assert cli_main(["sweep", "launch", str(sweep)]) == 2
     err = capsys.readouterr().err
     assert str(sweep) in err and message in err
+    assert _snapshot(root) == before
+
+
+def test_a_sweep_file_that_is_not_yaml_is_one_line(results, tmp_path, capsys):
+    root, _, before = results
+    sweep = tmp_path / "broken.yaml"
+    sweep.write_text("name: x\nmethods: [baseline\nmethods: [gear]\n")
+    assert cli_main(["sweep", "launch", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert f"sweep file {sweep} is not valid YAML" in err and "Traceback" not in err and err.count("\n") == 1
     assert _snapshot(root) == before
 
 

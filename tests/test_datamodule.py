@@ -77,7 +77,8 @@ def test_manifest_subselects_the_test_split(bundle, tmp_path):
         ({"name": "x", "ids": ["nope"]}, "not in the test split"),
         ({"name": "x", "ids": ["A", "A"]}, "duplicate"),
         ({"ids": []}, "no key 'name'"),
-        ({"name": "test", "ids": []}, "already taken"),
+        ({"name": "test", "ids": ["A"]}, "is reserved"),
+        ({"name": "x", "ids": []}, "'ids' is empty"),
     ],
 )
 def test_bad_manifests_are_named(bundle, tmp_path, manifest, message):
