@@ -66,7 +66,7 @@ def read_label_csv(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read as CSV ({exc}); expected columns {list(LABEL_COLUMNS)}") from exc
     missing = [c for c in LABEL_COLUMNS if c not in df.columns]
     if missing:

@@ -20,6 +20,9 @@ videos are held out); constant features get std 1. The file is read with ``allow
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +74,7 @@ def load_mosi_utterance(cfg: UtteranceConfig) -> DatasetBundle:
             if missing:
                 raise DataError(f"{path}: missing key(s) {missing}; expected {list(_REQUIRED)}")
             data = {k: npz[k] for k in _REQUIRED}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # truncated or bit-flipped
         raise DataError(f"{path}: cannot read as a numpy .npz without pickles ({exc})") from exc
     n = data["label"].shape[0]
     videos, clips = data["video_id"].astype(str), data["clip_id"].astype(str)

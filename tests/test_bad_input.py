@@ -225,3 +225,39 @@ def test_workers_die_with_their_launcher(tmp_path):
         time.sleep(0.05)
     os.kill(child_pid, signal.SIGKILL)
     pytest.fail("the child outlived its killed parent")
+
+
+def _npz_bytes(tmp_path: Path) -> bytes:
+    import numpy as np
+
+    path = tmp_path / "full.npz"
+    np.savez_compressed(path, label=np.linspace(-3, 3, 4000), text=np.random.default_rng(0).normal(size=(4000, 8)))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bitflip"])
+def test_a_damaged_feature_file_is_one_line_naming_it(results, tmp_path, capsys, damage):
+    root, _, before = results
+    data = tmp_path / "data"
+    (data / "mosi").mkdir(parents=True)
+    raw = bytearray(_npz_bytes(tmp_path))
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[len(raw) // 3] ^= 0xFF
+    target = data / "mosi" / "bclstm_utterance.npz"
+    target.write_bytes(bytes(raw))
+    rc = cli_main(["run", "method=baseline", "dataset=mosi_utt", f"source.root={data}", f"output.root={root}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(target) in err and "cannot read as a numpy .npz" in err and "Traceback" not in err
+    assert _snapshot(root) == before
+
+
+def test_an_empty_label_csv_is_named(tmp_path):
+    from datamodules.schema import DataError
+    from datamodules.transcripts import read_label_csv
+
+    path = tmp_path / "label.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match=f"{path}: cannot read as CSV"):
+        read_label_csv(path)
