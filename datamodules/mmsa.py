@@ -379,7 +379,7 @@ def _features(value: Any, n: int, where: str, key: str, nonfinite: str) -> np.nd
         if nonfinite == "error":
             raise DataError(
                 f"{where}: key '{key}' has {count} non-finite values (NaN/inf); expected finite features "
-                f"(set nonfinite='zero', i.e. data.nonfinite=zero, to replace them by 0)"
+                f"(set source.nonfinite=zero on the msabench command line to replace them by 0)"
             )
         arr[bad] = 0.0
         logger.warning("%s: key '%s': replaced %d non-finite values by 0 (nonfinite='zero')", where, key, count)
