@@ -15,6 +15,7 @@ Rules (:data:`SELECTIONS`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +31,10 @@ DEFAULT_SELECTION = "iid_valid"
 ORACLE_METRIC = "Non0_acc_2"
 
 
+# (set name, epoch position) -> {candidate name: predictions}; empty for a method without choices
+CandidateFn = Callable[[str, int], dict[str | None, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class Choice:
     """What a rule picked for one test set: the epoch and the candidate (None = the method's own prediction)."""
@@ -39,16 +44,15 @@ class Choice:
 
 
 class SelectionMethod:
-    """A selection rule: :meth:`choose` maps a run's records to a :class:`Choice` per test set."""
+    """A selection rule: :meth:`choose` maps a run's records to a :class:`Choice` per test set. Add a rule by
+    subclassing and registering an instance in :data:`SELECTIONS`."""
 
     name: ClassVar[str]
     kind: ClassVar[str | None] = None  # the leaderboard kind of the rows it produces (None: the run's own)
 
     def choose(self, result: dict[str, Any], records: EpochRecords, candidates: CandidateFn) -> dict[str, Choice]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement choose()")
 
-
-CandidateFn = Any  # (set name, epoch position) -> {candidate: predictions}
 
 
 class IIDValid(SelectionMethod):

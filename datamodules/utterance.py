@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-
 from dataclasses import dataclass
 
 import numpy as np
