@@ -117,7 +117,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "source.single_modality": "text",
     "kind": "",
     "model.backbone.lstm_impl": "padded",
-    "model.optim.impl": "fused",
+    "model.optim.impl": "foreach",
     "trainer.early_stop": True,
     "trainer.record_epochs": True,
 }
