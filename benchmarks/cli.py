@@ -296,17 +296,19 @@ Same data, overrides and seed -> byte-identical manifest (within one git commit:
 
 def _cmd_readme(args: argparse.Namespace) -> int:
     from benchmarks.atomic import atomic_write_text
-    from benchmarks.readme_blocks import README, current_readme
+    from benchmarks.readme_blocks import current_documents, display
 
-    text, fresh = current_readme()
-    if text == fresh:
-        print(f"{README}: generated blocks are current")
+    stale = [(path, fresh) for path, text, fresh in current_documents() if text != fresh]
+    if not stale:
+        print("README.md and docs/*.md: generated blocks are current")
         return 0
     if args.check:
-        print(f"{README}: generated blocks are stale; run `msabench readme`", file=sys.stderr)
+        for path, _ in stale:
+            print(f"{display(path)}: generated blocks are stale; run `msabench readme`", file=sys.stderr)
         return 1
-    atomic_write_text(README, fresh)
-    print(f"rewrote the generated blocks of {README}")
+    for path, fresh in stale:
+        atomic_write_text(path, fresh)
+        print(f"rewrote the generated blocks of {display(path)}")
     return 0
 
 
@@ -529,10 +531,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     readme = sub.add_parser(
         "readme",
-        help="rewrite the README's generated blocks (results table, CI calibration) from the committed files",
-        description="Rewrites the blocks between <!-- NAME:begin --> and <!-- NAME:end --> in README.md: `results` "
-        "from docs/results/default/leaderboard.csv, `ci-calibration` from "
-        "benchmarks/reference/ci.calibration.json.",
+        help="rewrite the generated blocks of README.md and docs/*.md (results, calibration, config reference)",
+        description="Rewrites the blocks between <!-- NAME:begin --> and <!-- NAME:end --> in README.md and "
+        "docs/*.md from the committed files and the code: results tables from docs/results/*/leaderboard.csv, the "
+        "CI calibration from benchmarks/reference/ci.calibration.json, the method registry and the config reference "
+        "from the dataclasses (the list of blocks: benchmarks/readme_blocks.py).",
     )
     readme.add_argument("--check", action="store_true", help="only say whether the blocks are current (exit 1 if not)")
     readme.set_defaults(func=_cmd_readme)

@@ -1,38 +1,86 @@
-"""The README's generated blocks (`benchmarks.readme_blocks`): current with the committed files, and the block
-machinery refuses what it cannot place."""
+"""The generated blocks of README.md and docs/*.md (`benchmarks.readme_blocks`): current with their sources, placed
+where the documentation says, and the block machinery refuses what it cannot place. The config reference
+(`benchmarks.config_reference`) lists exactly the keys `msabench run --show-config` resolves."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from benchmarks.cli import main as cli_main
+from benchmarks.cli import make_parser
+from benchmarks.config import JobConfig, build_config
+from benchmarks.config_reference import key_rows, value_text
 from benchmarks.readme_blocks import (
     RESULTS_CSV,
-    current_readme,
+    ROOT,
+    SEEDS_CSV,
+    block_names,
+    current_documents,
+    documents,
     markers,
+    refresh,
     render_results,
+    render_seed_count,
     render_selection,
     replace_block,
 )
+from datamodules import DATASETS, get_dataset
+from methods import METHODS
+
+# Where the documentation promises each generated block.
+PLACES = {
+    "README.md": {"results", "methods"},
+    "docs/results.md": {"results", "selection", "seed-count", "results-scenarios"},
+    "docs/protocol.md": {"ci-calibration"},
+    "docs/cli.md": {"config-job", "config-model", "config-methods", "config-datasets", "config-sweep", "config-split"},
+}
 
 
-def test_readme_blocks_match_the_committed_files() -> None:
-    text, fresh = current_readme()
-    assert text == fresh, "README's generated blocks are stale: run `msabench readme`"
+def test_every_generated_block_matches_its_source() -> None:
+    stale = [str(path.relative_to(ROOT)) for path, text, fresh in current_documents() if text != fresh]
+    assert not stale, f"generated blocks are stale in {stale}: run `msabench readme`"
     assert cli_main(["readme", "--check"]) == 0
+
+
+@pytest.mark.parametrize("doc", sorted(PLACES))
+def test_blocks_are_where_the_documentation_says(doc: str) -> None:
+    path = ROOT / doc
+    assert path in documents()
+    assert PLACES[doc] <= set(block_names(path.read_text(encoding="utf-8"), doc))
+
+
+def test_a_stale_block_fails_the_check(tmp_path: Path) -> None:
+    begin, end = markers("results")
+    doc = tmp_path / "page.md"
+    doc.write_text(f"# Page\n\n{begin}\nold numbers\n{end}\n", encoding="utf-8")
+    [(path, text, fresh)] = current_documents([doc])
+    assert text != fresh and render_results(RESULTS_CSV) in fresh and "old numbers" not in fresh
 
 
 def test_replace_block_rewrites_only_the_body_and_refuses_missing_or_repeated_markers() -> None:
     begin, end = markers("results")
     text = f"head\n{begin}\nold\n{end}\ntail\n"
     assert replace_block(text, "results", "new\n") == f"head\n{begin}\nnew\n{end}\ntail\n"
-    with pytest.raises(ValueError, match="README: expected exactly one block"):
-        replace_block("no markers", "results", "x\n")
+    with pytest.raises(ValueError, match="page.md: expected exactly one block"):
+        replace_block("no markers", "results", "x\n", source="page.md")
     with pytest.raises(ValueError, match="expected exactly one block"):
         replace_block(text + text, "results", "x\n")
+
+
+def test_unknown_blocks_are_refused_naming_the_file() -> None:
+    begin, end = markers("no-such-block")
+    with pytest.raises(ValueError, match=r"docs/x\.md: unknown generated block\(s\) \['no-such-block'\]"):
+        refresh(f"{begin}\n{end}\n", "docs/x.md")
+    begin, end = markers("config-method-no_such_method")
+    with pytest.raises(ValueError, match="unknown generated block"):
+        refresh(f"{begin}\n{end}\n", "docs/x.md")
+    # prose that mentions a marker is not a block
+    assert block_names("write `<!-- NAME:begin -->` markers", "doc") == []
 
 
 def test_results_table_follows_the_csv(tmp_path: Path) -> None:
@@ -56,3 +104,53 @@ def test_selection_table_needs_leaderboards_with_selected_epochs(tmp_path: Path)
     pd.read_csv(RESULTS_CSV).drop(columns=["selected_epochs"]).to_csv(old, index=False)
     with pytest.raises(ValueError, match="no column 'selected_epochs'"):
         render_selection(old, old)
+
+
+def test_seed_count_follows_the_seed_spread(tmp_path: Path) -> None:
+    frame = pd.read_csv(SEEDS_CSV)
+    std = float(frame.loc[frame["label"] == "baseline", "headline/std"].iloc[0])
+    block = render_seed_count(SEEDS_CSV)
+    assert f"| 3 | ±{1.96 * std / math.sqrt(3):.2f} |" in block
+    frame.loc[frame["label"] == "baseline", "headline/std"] = 1.0
+    changed = tmp_path / "leaderboard.csv"
+    frame.to_csv(changed, index=False)
+    assert f"| 3 | ±{1.96 / math.sqrt(3):.2f} |" in render_seed_count(changed)
+    with pytest.raises(ValueError, match="no row 'gear'"):
+        render_seed_count(SEEDS_CSV, row="gear")
+
+
+def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict) and node:
+        out: dict[str, object] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_config_reference_lists_every_resolved_key_with_its_default(method: str) -> None:
+    cfg = build_config([f"method={method}", "dataset=synthetic", "data.preset=false"])
+    resolved = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    documented = {row.key: row.default for row in key_rows(JobConfig)}
+    documented.update({f"model.{row.key}": row.default for row in key_rows(METHODS[method].config_class)})
+    documented.update({f"source.{row.key}": row.default for row in key_rows(get_dataset("synthetic").config_class)})
+    documented.update({"method": method, "data.preset": "false"})  # the overrides (no preset: model defaults apply)
+    assert set(documented) == set(resolved)
+    assert {key: value_text(value) for key, value in resolved.items()} == documented
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_config_reference_lists_every_dataset_key_with_its_default(dataset: str) -> None:
+    cfg = build_config([f"dataset={dataset}"])
+    resolved = _flatten(OmegaConf.to_container(cfg.source, resolve=True))
+    documented = {row.key: row.default for row in key_rows(get_dataset(dataset).config_class)}
+    assert {key: value_text(value) for key, value in resolved.items()} == documented
+
+
+def test_cli_page_documents_every_subcommand() -> None:
+    parser = make_parser()
+    [sub] = [action for action in parser._actions if action.dest == "command"]
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = [name for name in sub.choices if f"\n## msabench {name}\n" not in page]
+    assert not missing, f"docs/cli.md has no section for `msabench {missing}`"
