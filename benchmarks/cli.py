@@ -88,7 +88,7 @@ atomically, to ROOT or --out:
   leaderboard.png                    bars per row: IID, each OOD set, OOD avg (y axis not from 0)
   leaderboard_iid_vs_headline.png    IID vs headline Non0 Acc-2, one point per seed, y = x and the ceiling
 
-Headline (METHODS 11.3): Non0 Acc-2 on the set where every shortcut is broken (ood_tav; on real data the
+Headline (docs/protocol.md#headline): Non0 Acc-2 on the set where every shortcut is broken (ood_tav; on real data the
 *_tav set) and worst-group Non0 Acc-2 on IID test where predictions.csv has ground-truth groups. Method
 rows are ranked by the headline; reference and oracle rows (kind column) are listed apart, never ranked.
 Every cell has a 95% percentile-bootstrap interval over seeds; each row has its paired difference to the
@@ -267,7 +267,7 @@ differ and the test allows for it (it prints whether this environment matches th
 
 
 SPLITS_BUILD_HELP = """\
-Build OOD test sets of the GEAR protocol (METHODS.md section 4): for each modality set, a subset of
+Build OOD test sets of the GEAR protocol (docs/algorithms.md#ood-split-builder): for each modality set, a subset of
 the dataset's standard test split chosen by simulated annealing so that every frequent "word" of
 that modality is label-balanced inside it. Writes one manifest per set (ids only, no labels or text):
   <out>/<dataset>/test_<label_mode>_<modality>.json

@@ -189,7 +189,8 @@ def build_config(overrides: list[str] | None = None, base: dict[str, Any] | None
     if method_cls.needs_ground_truth and not getattr(dataset, "has_ground_truth", False):
         raise ValueError(
             f"method={chosen['method']} is an oracle row that trains on the synthetic generator's ground-truth groups "
-            f"(METHODS §10); dataset={chosen['dataset']} has none (use synthetic or synthetic_<scenario>)"
+            f"(docs/protocol.md#reference-and-oracle-rows); dataset={chosen['dataset']} has none (use synthetic or "
+            "synthetic_<scenario>)"
         )
     return cfg
 

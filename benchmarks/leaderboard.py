@@ -904,12 +904,12 @@ def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_M
         f"Cells: {CONVENTION} (MAE and Corr too); a cell from fewer seeds than the row's `seeds` shows that "
         "count in parentheses; — = no run of the row has that set. "
         "Each run's metrics are MMSA's, rounded to 4 decimals; Acc-2 variants are named (Has0 / Non0).",
-        f"Headline (METHODS §11.3): {HEADLINE_METRIC} on the set where every shortcut is broken "
+        f"Headline (docs/protocol.md#headline): {HEADLINE_METRIC} on the set where every shortcut is broken "
         f"(`{HEADLINE_SET}`; on real data the `*{HEADLINE_SUFFIX}` set), with its 95 % interval in brackets; "
         f"worst group = the lowest {HEADLINE_METRIC} over the ground-truth groups of IID `{IID_SET}` with at least "
         f"{min_group} samples of non-zero label (only where the data has groups). Method rows are ranked by the "
-        "headline mean; reference and oracle rows (METHODS §10) say what is possible on the data and are listed "
-        "apart, never ranked.",
+        "headline mean; reference and oracle rows (docs/protocol.md#reference-and-oracle-rows) say what is possible "
+        "on the data and are listed apart, never ranked.",
         "Intervals: 95 % percentile bootstrap over seeds (10,000 resamples, seeded); every cell's interval is in "
         f"the CSV (`ci_low`, `ci_high`). Δ vs baseline = the paired difference of the headline to the "
         f"`{BASELINE_LABEL}` row over the seeds both have, with its interval; P(> baseline) = the share of those "
@@ -925,9 +925,9 @@ def leaderboard_markdown(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_MD_M
     ]
     rule = df.attrs.get("selection", DEFAULT_SELECTION)
     lines.append(
-        f"Selection: `{rule}` (`msabench leaderboard --selection`; METHODS §10.4). epochs = the 0-based epoch each "
-        "seed reports on the headline set; late term on = in how many seeds a debiasing term that starts late "
-        "(GEAR's swap) is active at that epoch."
+        f"Selection: `{rule}` (`msabench leaderboard --selection`; docs/protocol.md#model-selection). epochs = the "
+        "0-based epoch each seed reports on the headline set; late term on = in how many seeds a debiasing term "
+        "that starts late (GEAR's swap) is active at that epoch."
         + (" Test-set selection: an upper bound on what selection gives, never a result." if rule == "oracle" else "")
     )
     if df.attrs.get("unselectable_runs"):

@@ -40,8 +40,9 @@ def requires_ground_truth(method: str, group_names: tuple[str, ...]) -> None:
     """Raise naming the method when the data has no ground-truth groups (real data)."""
     if not group_names:
         raise ValueError(
-            f"method {method!r} needs the ground-truth groups of the synthetic generator (METHODS §10); "
-            "this dataset has none (use dataset=synthetic or one of its scenarios)"
+            f"method {method!r} needs the ground-truth groups of the synthetic generator "
+            "(docs/algorithms.md#oracle_groupdro); this dataset has none (use dataset=synthetic or one of its "
+            "scenarios)"
         )
 
 
