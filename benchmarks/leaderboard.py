@@ -1,13 +1,13 @@
 """Run folders -> leaderboard (v2): a pure function of the run folders below a root.
 
-A run folder (DESIGN.md) holds ``config.yaml``, ``result.json``, ``predictions.csv`` and ``done`` (written last).
+A run folder (docs/design.md#the-run-folder) holds ``config.yaml``, ``result.json``, ``predictions.csv``, ``done``.
 Only folders with ``done`` count; the others are reported as incomplete and ignored. With ``recompute=True`` every
 per-set metric is recomputed from ``predictions.csv`` with :func:`methods.metrics.msa_metrics` (and the OOD average
 and gap from those), so any number in the table can be reproduced from saved predictions. The group metrics
 (below) are always computed from ``predictions.csv``.
 
 **Rows.** One row per (label, dataset). A run's label is ``result.json``'s ``"label"`` (a named variant of a method,
-e.g. the ablation ``gear_noipw`` of ``gear``), or its method when it has none. A row's **kind** (METHODS §10) is
+e.g. the ablation ``gear_noipw`` of ``gear``), or its method when it has none. A row's **kind** is
 ``result.json``'s ``"kind"``: ``method`` (ranked), ``reference`` (e.g. the ceiling ``erm_unbiased``) or ``oracle``
 (uses ground truth a real dataset does not have); absent or empty = ``method``; the runs of one row must agree.
 Rows are sorted by dataset; within a dataset the ``method`` rows come first, then the ``reference`` rows, then the
@@ -16,13 +16,13 @@ ordered by headline mean, descending (ties by label), and come before the rows w
 (registry method names; other methods alphabetically after them), then the label (the method's plain row first,
 then its variants alphabetically).
 
-**Headline** (METHODS §11.3). A dataset's headline set is ``ood_tav`` when one of its runs has it, else the first
+**Headline** (docs/protocol.md#headline). A dataset's headline set is ``ood_tav`` when a run has it, else the first
 (in column order) of its test sets whose name ends with ``_tav`` (real data: the TAV manifest, e.g.
 ``test_nn_tav``), else none. The headline is Non0 Acc-2 on that set; beside it, worst-group Non0 Acc-2 on the IID
 set ``test`` where the data has groups. The OOD average stays as a diagnostic column: on a set where some shortcuts
 still agree with the label, a shortcut user can beat a debiased model, so that average must not rank methods.
 
-**Group metrics** (METHODS §11.1). ``predictions.csv`` may carry the ground-truth columns :data:`GROUND_TRUTH_COLUMNS`
+**Group metrics**. ``predictions.csv`` may carry the ground-truth columns :data:`GROUND_TRUTH_COLUMNS`
 (``z_<m>`` in {-1, 0, +1}; ``conflict_<m>`` 1/0, empty where modality m carries no shortcut; ``group`` a string
 such as ``+|t+a-v+``; all empty for real data). For every test set whose rows have a ``group``, three Non0 Acc-2
 values per run (MMSA's definition: samples with label 0 excluded, sign agreement of ``> 0``; 4 decimals, like the
@@ -55,7 +55,7 @@ five columns ``X/mean``, ``X/std``, ``X/n``, ``X/ci_low``, ``X/ci_high`` (:data:
 5. last, always present, the cells ``ood_avg/<metric>`` and ``gap/<metric>`` for each metric:
 
 - ``ood_avg``: per seed, the unweighted mean of that seed's OOD sets (every test set except ``test``), then
-  aggregated over seeds (METHODS §1.2: per seed first; the mean equals the mean of the per-set means when every seed
+  aggregated over seeds (per seed first; the mean equals the mean of the per-set means when every seed
   has the same sets, the std does not). A diagnostic, not a ranking (see Headline);
 - ``gap``: per seed, ``test`` minus that seed's OOD average, then aggregated. For accuracies and F1 a positive gap is
   what the row loses out of distribution; for MAE a negative gap is the extra OOD error.
@@ -278,7 +278,8 @@ def row_label(result: dict[str, Any]) -> str:
 
 
 def row_kind(result: dict[str, Any]) -> str:
-    """The kind of a run's row (METHODS §10): ``result.json``'s ``"kind"``, ``method`` when absent or empty."""
+    """The kind of a run's row (docs/protocol.md#reference-and-oracle-rows): ``result.json``'s ``"kind"``, ``method``
+    when absent or empty."""
     kind = str(result.get("kind") or "method")
     if kind not in KINDS:
         raise ValueError(f"run kind {kind!r} (method {result.get('method')!r}) is not one of {list(KINDS)}")
@@ -291,7 +292,7 @@ def row_kind(result: dict[str, Any]) -> str:
 
 
 def _non0_acc2(pred: np.ndarray, label: np.ndarray) -> float:
-    """MMSA's Non0 Acc-2 (METHODS §1.2), 4 decimals: ``y != 0`` only, ``1[p > 0]`` vs ``1[y > 0]``; NaN without such
+    """MMSA's Non0 Acc-2, 4 decimals: ``y != 0`` only, ``1[p > 0]`` vs ``1[y > 0]``; NaN without such
     a sample. The same number as ``msa_metrics(pred, label)["Non0_acc_2"]`` (tested) without its other metrics,
     which a table over many groups would pay for many times."""
     nonzero = label != 0

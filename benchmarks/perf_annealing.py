@@ -1,7 +1,7 @@
 """Speed of the OOD split annealer: incremental (numba) vs full recomputation, same seed.
 
 A MOSEI-size problem (N = 4659 test samples, |V| = 115 words, the full 94,041-proposal schedule of
-METHODS.md §4.4): per-sample counts with a Zipf word distribution and ~Poisson(6) vocabulary tokens
+docs/algorithms.md#ood-split-builder): per-sample counts with a Zipf word distribution and ~Poisson(6) vocabulary tokens
 per utterance, 30 % negative labels (MOSEI's test split under label mode nn is ~30 % negative).
 With ``--real`` the real MOSEI test transcripts are used instead (``mosei_text``, N = 4653 here).
 

@@ -232,7 +232,7 @@ def run_job(cfg: DictConfig) -> Path:
         out = method.test_outputs[name]
         ids = dm.ids_of(name)[out["index"]]
         frame = {"set": name, "id": ids, "prediction": out["prediction"], "label": out["label"]}
-        # Ground truth (METHODS.md §11.1): z_m, conflict_m, group; empty strings for real data.
+        # Ground truth (docs/design.md#ground-truth): z_m, conflict_m, group; empty strings for real data.
         frame.update(dm.ground_truth_of(name, np.asarray(out["index"])))
         rows.append(pd.DataFrame(frame))
     records_bytes = None

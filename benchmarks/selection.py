@@ -1,4 +1,4 @@
-"""Model selection as post-hoc functions of a run's stored per-epoch predictions (METHODS.md §10.4; DomainBed's
+"""Model selection as post-hoc functions of a run's stored predictions (docs/protocol.md#model-selection; DomainBed's
 ``model_selection.py``): a rule picks, per test set, an epoch (and, for a method that makes a choice on valid such as
 CLUE's alpha, one of its candidates), and the set's metrics are recomputed from the predictions recorded then.
 

@@ -1,4 +1,4 @@
-"""Intervals over seeds for the leaderboard (METHODS §11.5): small, vectorised, seeded.
+"""Intervals over seeds for the leaderboard (docs/protocol.md#statistics): small, vectorised, seeded.
 
 - :func:`bootstrap_mean_ci`: the percentile-bootstrap interval for the mean of per-seed values (resampling seeds
   with replacement, ``n_resamples`` times, with a seeded :class:`numpy.random.Generator`).

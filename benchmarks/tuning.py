@@ -1,4 +1,4 @@
-"""Hyper-parameter choice on the IID validation split (METHODS §8.6: equal tuning budget, the first seed, IID valid).
+"""Hyper-parameter choice on the IID validation split (docs/protocol.md#model-selection: first seed, IID valid).
 
 A grid is a sweep whose variants share a label prefix (e.g. ``benchmarks/sweeps/jtt_grid.yaml``: ``jtt_T1_up5`` ...);
 :func:`choose_on_valid` reads the finished runs and returns the variant with the best IID-valid selection value

@@ -2,12 +2,12 @@
 
 ``method_preset`` holds dataset-specific method defaults (dotted keys into the method config),
 applied before the user's overrides and visible in the resolved config. The MOSI preset is
-GEAR's MOSI override (METHODS.md §2): dropouts 0.3 and every weight decay 0; every MOSI-family
+GEAR's MOSI override (its reference script's MOSI setting): dropouts 0.3 and every weight decay 0; every MOSI-family
 dataset (``synthetic`` and its scenario presets, ``mosi``, ``mosi_text``, ``mosi_utt``) gets it, the
 MOSEI ones none.
 
-Synthetic: ``synthetic`` (scenario ``independent`` by default) and one named dataset per scenario of
-METHODS.md §11.2, ``synthetic_shared``, ``synthetic_independent`` and ``synthetic_single``: the same
+Synthetic: ``synthetic`` (scenario ``independent`` by default) and one named dataset per scenario
+(datamodules/synthetic.py), ``synthetic_shared``, ``synthetic_independent`` and ``synthetic_single``: the same
 generator and config fields with that ``scenario`` as default (``<name>.bias=...`` etc. as for
 ``synthetic``).
 

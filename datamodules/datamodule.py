@@ -205,7 +205,7 @@ class MSADataModule(L.LightningDataModule):
             tests[name] = tests["test"].subset(rows)
         self.test_splits = tests
         self.dataset_name = bundle.name
-        # Groups of METHODS.md §10.2 over every split as held here (the train labels after any label noise).
+        # Groups (docs/design.md#ground-truth) over every split as held here (the train labels after any label noise).
         self.group_names: tuple[str, ...] = sorted_group_names([self.train_split, self.valid_split, *tests.values()])
         self._tensors: dict[str, TensorSplit] = {}
         self.train_repeats: np.ndarray | None = None

@@ -1,7 +1,7 @@
 """MMSA release pickles (``aligned_50.pkl`` / ``unaligned_50.pkl``) <-> :class:`DatasetBundle`, safely.
 
 An MMSA pickle is ``{"train": {...}, "valid": {...}, "test": {...}}``; each split is a dict of per-sample
-arrays (METHODS.md §1.1):
+arrays:
 
 ========================  ===================================================================
 ``id``                    str (N,), ``"<video_id>$_$<clip>"``
@@ -164,7 +164,7 @@ def load_mmsa(
 
     Features become float32, lengths int64, labels float32, ``id`` / ``raw_text`` numpy str arrays,
     ``text_bert`` int64 ``text_ids`` with ``text_lengths`` = attention-mask row sums (clamped to >= 1).
-    Rules (METHODS.md §1.1): ``-inf`` in ``audio`` becomes 0 (count logged); any other non-finite feature
+    Rules (as MMSA's loader): ``-inf`` in ``audio`` becomes 0 (count logged); any other non-finite feature
     value is a :class:`DataError` unless ``nonfinite="zero"`` (then 0, count logged); lengths < 1 are
     clamped to 1 (count logged) and lengths > T are an error; labels must be finite and in [-3, 3];
     ``classification_labels``, when present, must satisfy ``(cls >= 1) == (y >= 0)``; ids are unique per

@@ -5,10 +5,10 @@ tensors (what methods consume), and `FeatureSpec` describes the modalities, dims
 lengths *read from the data* (never from constants). Every modality is optional: a dataset may
 provide any non-empty subset of {text, audio, vision}, and sequences may have length 1.
 
-Ground truth (METHODS.md §11.1): a dataset that knows its shortcuts (the synthetic generator) records
+Ground truth (docs/design.md#ground-truth): a dataset that knows its shortcuts (the synthetic generator) records
 ``z`` per sample, the shortcut sign of each modality in the fixed order text, audio, vision (0 where
 the modality carries no shortcut). :func:`label_sign`, :func:`conflict_flags` and :func:`group_names_of`
-derive the bias-conflict flags and the group of METHODS.md §10.2 (e.g. ``+|t+a-v+``) from labels and
+derive the bias-conflict flags and the group (e.g. ``+|t+a-v+``) from labels and
 ``z``, vectorised; :func:`ground_truth_columns` renders them as the ``predictions.csv`` columns
 :data:`GROUND_TRUTH_COLUMNS`. Real datasets have no ``z`` (None) and no groups.
 """
@@ -26,7 +26,7 @@ from torch import Tensor
 
 MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
 LABEL_MIN, LABEL_MAX = -3.0, 3.0
-# Ground-truth columns of predictions.csv, after set,id,prediction,label (METHODS.md §11.1).
+# Ground-truth columns of predictions.csv, after set,id,prediction,label (docs/design.md#ground-truth).
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = (
     *(f"z_{m}" for m in MODALITIES),
     *(f"conflict_{m}" for m in MODALITIES),
@@ -175,7 +175,7 @@ def _check_lengths(lengths: np.ndarray, n: int, t_max: int, what: str) -> None:
 
 
 def label_sign(label: np.ndarray) -> np.ndarray:
-    """sign(y) as int8 (N,): +1 for y >= 0, -1 otherwise (METHODS.md §10.2)."""
+    """sign(y) as int8 (N,): +1 for y >= 0, -1 otherwise (the sign of a group)."""
     return np.where(np.asarray(label) >= 0, 1, -1).astype(np.int8)
 
 
@@ -275,7 +275,7 @@ class Batch:
 
     Ground truth, only where the data has it (the synthetic generator; None for real data): ``z`` float32
     (B, 3), the shortcut sign per modality in text/audio/vision order (0 = no shortcut), and ``group`` long
-    (B,), the index of each sample's group (METHODS.md §10.2) in the datamodule's ``group_names``. They
+    (B,), the index of each sample's group in the datamodule's ``group_names``. They
     are for oracle rows and diagnostics (Group DRO, oracle reweighting, bias-identification AUROC), never a
     model input.
     """

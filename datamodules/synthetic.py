@@ -3,8 +3,8 @@
 In the spirit of DomainBed's ColoredMNIST: every modality carries a *causal* sentiment signal of
 its own strength (text strongest) and a *planted shortcut* that agrees with the label's sign with
 probability ``bias`` in train, valid and the IID test set (``train_bias``, when set, replaces ``bias``
-in train and valid only: ``train_bias=0.5`` is the unbiased world of the ceiling row, METHODS.md
-§10.1). The generator also emits ground-truth OOD test sets in which the shortcut of one modality
+in train and valid only: ``train_bias=0.5`` is the unbiased world of the ceiling row,
+docs/algorithms.md#erm_unbiased). The generator also emits ground-truth OOD test sets in which the shortcut of one
 (``ood_text``, ``ood_audio``, ``ood_vision``) or of all three (``ood_tav``) carries no information
 (``ood_mode=random``) or the reversed sign (``ood_mode=reversed``), while everything else is drawn as
 in the IID test set.
@@ -27,7 +27,7 @@ Generative story for a clip with label y:
   elsewhere z_m agrees with s(y) with probability 0.5 in every split (same random draws, so the default
   data is unchanged), e.g. ``synthetic.shortcut_modalities=[vision]`` plants it in vision only.
 
-Scenarios (``scenario``, METHODS.md §11.2) say how the shortcut signs of a clip relate:
+Scenarios (``scenario``) say how the shortcut signs of a clip relate:
 
 * ``independent`` (the design of every earlier run folder): z_m drawn independently per modality, so
   a clip conflicting in all three modalities is rare ((1 - bias)^3).
@@ -43,7 +43,7 @@ Every scenario draws the same labels, causal signals, lengths and noise for a se
 of ``shared`` come from their own seed streams), so ``independent`` data is bitwise what it was before
 scenarios existed, and ``train_bias=None`` changes nothing.
 
-Ground truth (METHODS.md §11.1): every split records ``z`` int8 (N, 3) in text/audio/vision order,
+Ground truth (docs/design.md#ground-truth): every split records ``z`` int8 (N, 3) in text/audio/vision order,
 z_m in {-1, +1} where modality m carries a shortcut (in the effective shortcut modalities and in
 ``modalities``), 0 elsewhere (a modality without a shortcut still has random spurious cues, which are
 not a shortcut). The conflict flags and groups follow from it (:mod:`datamodules.schema`).

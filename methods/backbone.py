@@ -1,4 +1,4 @@
-"""The shared LF-TF backbone (METHODS.md §2): per-modality late encoders + a small transformer fusion.
+"""The shared LF-TF backbone (docs/algorithms.md#the-shared-backbone-lf-tf): late encoders + a transformer fusion.
 
 Methods differ only in what they add on top of these pieces, so every method is built from the
 same encoders (`build_encoder`), per-modality heads and `Fusion`. Dims come from the data's
@@ -6,7 +6,7 @@ same encoders (`build_encoder`), per-modality heads and `Fusion`. Dims come from
 {text, audio, vision} works, and sequences of length 1 (utterance-level features) too.
 
 Modules carry an ``optim_group`` attribute naming their optimiser parameter group (learning rate
-and weight decay per group, METHODS.md §2); `methods.base` reads it.
+and weight decay per group); `methods.base` reads it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class FusionConfig:
 
 @dataclass
 class BackboneConfig:
-    """LF-TF hyper-parameters; defaults are METHODS.md §2 (MOSEI dropouts; the MOSI preset sets 0.3)."""
+    """LF-TF hyper-parameters; the defaults are GEAR's (MOSEI dropouts; the MOSI preset sets 0.3)."""
 
     dim: int = 32
     text: TextConfig = field(default_factory=TextConfig)
@@ -214,7 +214,7 @@ class SequenceEncoder(nn.Module):
 
 
 def build_encoder(modality: str, spec: FeatureSpec, cfg: BackboneConfig) -> nn.Module:
-    """The §2 encoder of one modality, mapping a Batch to (B, cfg.dim)."""
+    """The LF-TF encoder of one modality, mapping a Batch to (B, cfg.dim)."""
     if modality not in spec.modalities:
         raise ValueError(f"modality {modality!r} is not in the data (has {spec.modalities})")
     if modality == "text":

@@ -27,7 +27,7 @@ from methods.metrics import SELECTION_MODES, msa_metrics, selection_value
 
 @dataclass
 class OptimConfig:
-    """Adam with one parameter group per kind of parameter (METHODS.md §2)."""
+    """Adam with one parameter group per kind of parameter (docs/algorithms.md#the-shared-backbone-lf-tf)."""
 
     lr: dict[str, float] = field(
         default_factory=lambda: {
@@ -74,8 +74,8 @@ class MSAMethod(L.LightningModule):
     """Base LightningModule of every method; see the module docstring for the contract."""
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    # Leaderboard kind of the method's row (METHODS §10): ``method`` (ranked), ``reference`` (what is possible,
-    # e.g. a ceiling) or ``oracle`` (uses information a real dataset does not have); never ranked as methods.
+    # Leaderboard kind of the method's row (docs/protocol.md#reference-and-oracle-rows): ``method`` (ranked),
+    # ``reference`` (what is possible, e.g. a ceiling) or ``oracle`` (uses information a real dataset does not have).
     kind: ClassVar[str] = "method"
     # True for rows that train on the synthetic generator's ground truth (oracle rows): refused on real data.
     needs_ground_truth: ClassVar[bool] = False
@@ -102,7 +102,7 @@ class MSAMethod(L.LightningModule):
 
     def enable_epoch_records(self) -> EpochRecorder:
         """Record, after every validation epoch, the predictions on valid and on every test set of the
-        datamodule (METHODS §10.4; `methods.epoch_records`). Returns the recorder the run folder is written from."""
+        datamodule (`methods.epoch_records`). Returns the recorder the run folder is written from."""
         self.recorder = EpochRecorder()
         return self.recorder
 

@@ -1,4 +1,4 @@
-"""Baseline: the LF-TF backbone trained with per-sample L1, no debiasing (METHODS.md §2)."""
+"""Baseline: the LF-TF backbone trained with per-sample L1, no debiasing (docs/algorithms.md#baseline)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from methods.base import MethodConfig, MSAMethod
 
 @dataclass
 class BaselineConfig(MethodConfig):
-    """The backbone and optimiser defaults of METHODS.md §2; nothing else."""
+    """The LF-TF backbone and optimiser defaults; nothing else."""
 
 
 class Baseline(MSAMethod):

@@ -1,4 +1,4 @@
-"""Bias identification against the synthetic generator's ground truth (METHODS §11.1).
+"""Bias identification against the synthetic generator's ground truth (docs/algorithms.md#bias-identification).
 
 A debiasing method that reweights or upsamples samples implicitly *identifies* bias-conflicting samples: GEAR and
 LfF give them large IPW weights, JTT puts them in its error set. On synthetic data the truth is known (``batch.z``:

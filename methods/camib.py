@@ -1,4 +1,4 @@
-"""CaMIB: causal multimodal information bottleneck (METHODS.md §6, a reconstruction on top of MIB).
+"""CaMIB: causal multimodal information bottleneck (docs/algorithms-mmci-camib.md, a reconstruction on top of MIB).
 
 Per present modality a variational information bottleneck (MIB's unimodal VIB) compresses the
 encoder output h_m into z_m (sampled in training, the mean at evaluation) with its own decoder
@@ -12,7 +12,7 @@ C = m * M and a shortcut part S = (1 - m) * M. Training combines
   V = sg([z_t; z_a; z_v]) by a 2-layer MLP g, and f_c(g(V)) must predict y. Both V and the
   regression target sg(C) are detached, so L_IV trains only g and f_c (two-stage least squares).
 
-Every open choice is a field of `CaMIBConfig` with the default of METHODS.md §6.3. Evaluation uses
+Every open choice is a field of `CaMIBConfig` with the default of docs/algorithms-mmci-camib.md. Evaluation uses
 f_c(C) (``inference=causal``) or f_int(C + S) (``intervened``); every head's valid MAE is logged.
 """
 
@@ -44,7 +44,7 @@ INFERENCE_HEADS = ("causal", "intervened")
 
 @dataclass
 class IVConfig:
-    """The instrumental-variable branch (METHODS.md §6.2; all reconstruction).
+    """The instrumental-variable branch (all reconstruction).
 
     ``instrument``: ``ib_latents`` V = sg([z_t; z_a; z_v]); ``shuffled_modality`` the same with one
     modality's block permuted across the batch in training (``shuffle_modality``: a modality name,
@@ -60,9 +60,9 @@ class IVConfig:
 
 @dataclass
 class CaMIBConfig(MethodConfig):
-    """CaMIB knobs, METHODS.md §6.3 defaults. ``lambda_iv=0`` is CaMIB without IV and ``lambda_bd=0``
-    CaMIB without recombination. ``encoder``: ``lftf`` (§2 encoders, h_m of width backbone.dim) or
-    ``seq`` (§5.1 sequence encoders of width ``seq_d`` + masked mean; FF = ``seq_ff_mult`` * seq_d)."""
+    """CaMIB knobs (docs/algorithms-mmci-camib.md). ``lambda_iv=0`` is CaMIB without IV and ``lambda_bd=0``
+    CaMIB without recombination. ``encoder``: ``lftf`` (LF-TF encoders, h_m of width backbone.dim) or
+    ``seq`` (the sequence encoders of width ``seq_d`` + masked mean; FF = ``seq_ff_mult`` * seq_d)."""
 
     encoder: str = "lftf"
     seq_d: int = 64
@@ -129,7 +129,7 @@ def _tag(module: nn.Module, group: str) -> nn.Module:
 
 
 def _head(d_in: int, hidden: int, dropout: float) -> nn.Module:
-    """The §5.1 head: LN -> Linear(d_in -> hidden) -> ReLU -> Dropout -> Linear(hidden -> 1)."""
+    """A prediction head: LN -> Linear(d_in -> hidden) -> ReLU -> Dropout -> Linear(hidden -> 1)."""
     return nn.Sequential(
         nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
     )
@@ -159,7 +159,7 @@ class VIB(nn.Module):
 
 
 class TransformerFuse(nn.Module):
-    """``fusion=transformer``: the latents as a token sequence through the §2 TransformerEncoder
+    """``fusion=transformer``: the latents as a token sequence through the LF-TF's TransformerEncoder
     (the backbone's fusion layers/heads/FF/dropout), flattened -> Linear(n * d_z -> d_M) -> ReLU."""
 
     def __init__(self, n_modalities: int, d_z: int, d_out: int, cfg: MethodConfig) -> None:
@@ -178,7 +178,7 @@ class TransformerFuse(nn.Module):
 
 
 class PooledSequenceEncoder(nn.Module):
-    """``encoder=seq``: a §5.1 sequence encoder, masked mean over its valid steps -> (B, seq_d)."""
+    """``encoder=seq``: a sequence encoder (seq_encoders.py), masked mean over its valid steps -> (B, seq_d)."""
 
     def __init__(self, modality: str, spec: FeatureSpec, cfg: CaMIBConfig) -> None:
         super().__init__()
@@ -346,7 +346,7 @@ class CaMIB(MSAMethod):
         return heads
 
     def loss_terms(self, batch: Batch) -> tuple[dict[str, Tensor], CaMIBOutput]:
-        """Every term of METHODS.md §6.2 (unweighted) plus the weighted total under ``loss``.
+        """Every loss term (unweighted) plus the weighted total under ``loss``.
 
         ``iv_reg`` is the squared L2 norm ||C_hat - sg(C)||^2 summed over the d_M features and
         averaged over the batch.
@@ -390,7 +390,7 @@ class CaMIB(MSAMethod):
         return terms, out
 
     def diagnostics(self, terms: dict[str, Tensor], out: CaMIBOutput) -> dict[str, Tensor]:
-        """§8 diagnostics: KL and mean sigma per modality, mask mean / spread / fraction > 0.5,
+        """Diagnostics: KL and mean sigma per modality, mask mean / spread / fraction > 0.5,
         the loss terms, and the causal / shortcut / recombined head MAE."""
         values: dict[str, Tensor] = {}
         for m in self.modalities:

@@ -1,8 +1,8 @@
-"""CLUE-style counterfactual debiasing, regression port (METHODS.md §7).
+"""CLUE-style counterfactual debiasing, regression port (docs/algorithms.md#clue).
 
 CLUE fuses a multimodal output with a text-only output, learns a scalar c standing in for the
 multimodal output in a world where only text is seen, and subtracts the counterfactual fusion at
-test time. Port: y_mm = the LF-TF output, y_t = a separate text branch (its own §2 text encoder ->
+test time. Port: y_mm = the LF-TF output, y_t = a separate text branch (its own LF-TF text encoder ->
 Linear(dim -> dim) -> ReLU -> Linear(dim -> 1)), additive fusion y_f = y_mm + y_t. Training loss
 
     |y_mm - y| + |y_f - y| + |y_t - y| + (sg(y_f) - c - sg(y_t))^2      (the last term trains c only)

@@ -1,4 +1,4 @@
-"""Per-epoch predictions of a run (METHODS.md §10.4): what post-hoc selection reads.
+"""Per-epoch predictions of a run (docs/design.md#epochsnpz): what post-hoc selection reads.
 
 After every validation epoch the method scores the IID valid split and every test set with the weights of that
 epoch and hands the predictions here, with its extra heads (``predict_heads``): on valid always, on the test sets

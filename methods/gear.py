@@ -1,6 +1,6 @@
-"""GEAR: general debiasing for MSA (Sun et al., ACM MM 2023; METHODS.md §3).
+"""GEAR: general debiasing for MSA (Sun et al., ACM MM 2023; docs/algorithms.md#gear).
 
-Per present modality m, two architecturally identical §2 encoders give a robust feature h_c^m and
+Per present modality m, two architecturally identical LF-TF encoders give a robust feature h_c^m and
 a biased feature h_b^m. The robust side reads f_c^m = phi_c^m([h_c^m; sg(h_b^m)]) and the fusion F
 predicts y from [f_c^m]; the biased side predicts y from head_b^m(phi_b^m([sg(h_c^m); h_b^m])) with a
 generalised MAE (GMAE) that focuses it on easy, bias-aligned samples. Each sample's fused loss is
@@ -9,7 +9,7 @@ biased branches already fit get little weight. From ``swap_epochs`` on, the bias
 permuted across the batch (independently per modality): the robust prediction on swapped features
 keeps the sample's own label, the biased prediction on swapped features targets the permuted label.
 
-Gradient routing (§3.5): the biased parameters (E_b, phi_b, head_b) are trained only by the GMAE
+Gradient routing: the biased parameters (E_b, phi_b, head_b) are trained only by the GMAE
 losses, the robust ones (E_c, phi_c, F) only by mean(w * l_f); w is a constant for autograd.
 Evaluation: no swap, y_hat = F([f_c^m]) with the sample's own detached h_b.
 
@@ -42,7 +42,7 @@ from methods.weighting import (
 
 @dataclass
 class GearConfig(MethodConfig):
-    """GEAR hyper-parameters (METHODS.md §3.6). ``gmae``: tanh | sigmoid | exp | cauchy | none;
+    """GEAR hyper-parameters (docs/algorithms.md#gear). ``gmae``: tanh | sigmoid | exp | cauchy | none;
     ``q``: the GMAE exponent / temperature / scale (float); ``weight``: avg | min | none (none = no
     IPW); ``swap``: the swap augmentation on/off, active from 0-based epoch ``swap_epochs``;
     ``swap_dim``: width of h_c and h_b (each phi reads 2 * swap_dim and writes backbone.dim)."""
@@ -184,7 +184,7 @@ class Gear(WeightDiagnostics, MSAMethod):
         return torch.randperm(n, generator=self.swap_generator).to(device)
 
     def compute_losses(self, batch: Batch, swap: bool) -> GearLosses:
-        """The §3.2 training objective on one batch, with or without the swap augmentation."""
+        """GEAR's training objective on one batch, with or without the swap augmentation."""
         cfg, y = self.cfg, batch.label
         hc, hb = self.encode(batch)
         plain_error = (self.fusion([self.robust_feature(m, hc[m], hb[m]) for m in self.modalities]) - y).abs()

@@ -1,4 +1,4 @@
-"""Group DRO with the generator's true groups (``oracle_groupdro``; METHODS §10.2), kind ``oracle``.
+"""Group DRO with the generator's true groups (docs/algorithms.md#oracle_groupdro), kind ``oracle``.
 
 Sagawa et al., "Distributionally Robust Neural Networks for Group Shifts", ICLR 2020 (reference code:
 kohpangwei/group_DRO, ``loss.py``). The LF-TF backbone is trained on the online worst-case mixture of group losses:

@@ -1,4 +1,4 @@
-"""Just Train Twice (``jtt``; METHODS §10.3), kind ``method``: reweighting that needs no bias labels.
+"""Just Train Twice (``jtt``; docs/algorithms.md#jtt), kind ``method``: reweighting that needs no bias labels.
 
 Liu et al., "Just Train Twice: Improving Group Robustness without Training Group Information", ICML 2021
 (reference code: anniesch/jtt). Stage 1: the baseline (LF-TF + L1, the same optimiser and accumulation) trained for

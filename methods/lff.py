@@ -1,9 +1,9 @@
-"""LfF / IPW-only: GEAR without the swap and without the concatenation (METHODS.md §7).
+"""LfF / IPW-only: GEAR without the swap and without the concatenation (docs/algorithms.md#lff).
 
-One biased branch per present modality (its own §2 encoder -> Linear(dim -> 1)) is trained with
-the generalised MAE of GEAR (§3.3), so it fits the easy, bias-aligned samples. The unchanged LF-TF
+One biased branch per present modality (its own LF-TF encoder -> Linear(dim -> 1)) is trained with
+the generalised MAE of GEAR, so it fits the easy, bias-aligned samples. The unchanged LF-TF
 model is trained with mean(w_i * l_f,i), w_i = l_b,i / (l_b,i + sg(l_f,i) + 1e-8), l_b,i the biased
-branches' per-sample L1 aggregated over modalities by ``avg`` or ``min`` (§3.4). The two sides share
+branches' per-sample L1 aggregated over modalities by ``avg`` or ``min``, as GEAR's. The two sides share
 no parameter and no gradient: the row isolates the inverse-probability weighting from GEAR's swap.
 
 ``lff.ema`` (off by default, for GEAR parity) adds Learning-from-Failure's per-sample exponential
@@ -36,7 +36,7 @@ from methods.weighting import (
 @dataclass
 class LfFConfig(MethodConfig):
     """LfF / IPW-only hyper-parameters. ``gmae``, ``q``, ``weight`` and ``lambda_dis`` are GEAR's
-    (§3.3, §3.4, §3.6) with GEAR's defaults; ``ema`` switches on LfF's per-sample EMA of both
+    with GEAR's defaults; ``ema`` switches on LfF's per-sample EMA of both
     losses with decay ``ema_alpha`` and the per-label-bin max normalisation."""
 
     gmae: str = "tanh"
@@ -152,7 +152,7 @@ class LfF(WeightDiagnostics, MSAMethod):
         self.ema_f = SampleEMA(labels, self.cfg.ema_alpha)
 
     def compute_losses(self, batch: Batch) -> LfFLosses:
-        """The §7 objective on one batch (EMA tables updated in place when ``ema`` is on)."""
+        """The LfF / IPW objective on one batch (EMA tables updated in place when ``ema`` is on)."""
         cfg, y = self.cfg, batch.label
         fused_error = (self.model(batch) - y).abs()
         preds = {m: self.biased_prediction(m, batch) for m in self.modalities}

@@ -1,10 +1,10 @@
-"""MSA regression metrics, MMSA-exact (METHODS §1.2), seed aggregation and online logging helpers.
+"""MSA regression metrics, MMSA-exact (docs/protocol.md#metrics), seed aggregation and online logging helpers.
 
 Reported numbers come only from :func:`msa_metrics`, computed once per (run, test set) on gathered per-sample
 predictions in float64 with numpy + scikit-learn. :class:`OnlineMSAMetrics` (torchmetrics) is for per-step
 logging only and never feeds a leaderboard.
 
-Reporting convention (METHODS §1.2): each run's metrics are rounded to 4 decimals like MMSA; a leaderboard cell is
+Reporting convention (docs/protocol.md#statistics): a run's metrics are rounded to 4 decimals like MMSA; a cell is
 the mean and the **population** std (ddof=0) over seeds, x100, 2 decimals (MAE and Corr too), with the seed count.
 """
 
@@ -42,7 +42,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "Corr",
 )
 
-#: selection key -> direction in which the key improves (METHODS §8.2; ``mae`` is the default).
+#: selection key -> direction in which the key improves (docs/protocol.md#model-selection; ``mae`` is the default).
 SELECTION_MODES: dict[str, str] = {"mae": "min", "acc2_mean": "max"}
 
 
@@ -95,7 +95,7 @@ def _acc_f1(truth: np.ndarray, preds: np.ndarray) -> tuple[float, float]:
 
 
 def msa_metrics(pred: Any, label: Any, *, decimals: int | None = 4) -> dict[str, float]:
-    """MMSA regression metrics of predictions ``pred`` against labels ``label`` (METHODS §1.2).
+    """MMSA regression metrics of predictions ``pred`` against labels ``label`` (docs/protocol.md#metrics).
 
     Inputs are flattened and cast to float64. ``p = 0`` counts as non-negative in Has0 and as negative in Non0;
     Non0 uses only samples with ``y != 0`` (NaN if there are none). Acc-5/Acc-7 clip ``p`` and ``y`` before
@@ -144,7 +144,7 @@ def _round2(x: float) -> float:
 
 
 def report_cell(values: Iterable[float]) -> tuple[float, float, int]:
-    """A leaderboard cell: (round(100*mean, 2), round(100*std, 2), n), std with ddof=0 (METHODS §1.2)."""
+    """A leaderboard cell: (round(100*mean, 2), round(100*std, 2), n), std with ddof=0 (docs/protocol.md#statistics)."""
     mean, std, n = aggregate(values)
     return _round2(100.0 * mean), _round2(100.0 * std), n
 

@@ -1,6 +1,6 @@
-"""MMCI: multi-relational multimodal causal intervention (METHODS.md §5, a reconstruction on top of CAL).
+"""MMCI: multi-relational multimodal causal intervention (docs/algorithms-mmci-camib.md; reconstructed on CAL).
 
-Jiang et al. (arXiv 2508.04999) publish no code. This module follows METHODS.md §5, which borrows
+Jiang et al. (arXiv 2508.04999) publish no code. This module is a reconstruction that borrows
 CAL's verified mechanics (Sui et al., KDD 2022):
 
 1. Sequence encoders (`methods.seq_encoders`) give per-step states of width d for every present
@@ -41,7 +41,7 @@ KL_BINS = 7
 
 
 def _mmci_optim() -> OptimConfig:
-    """METHODS.md §5.3: fine-tuned text encoder as §2 (lr 5e-5, wd 1e-3); everything else Adam 1e-3, wd 0;
+    """Fine-tuned text encoder as in the LF-TF backbone (lr 5e-5, wd 1e-3); everything else Adam 1e-3, wd 0;
     no gradient accumulation. The LSTM groups are unused by MMCI and kept only so every group has a value."""
     return OptimConfig(
         lr={"text_encoder": 5e-5, "audio_lstm": 1e-3, "vision_lstm": 1e-3, "modality": 1e-3, "head": 1e-3},
@@ -52,7 +52,7 @@ def _mmci_optim() -> OptimConfig:
 
 @dataclass
 class MMCIConfig(MethodConfig):
-    """MMCI's knobs, METHODS.md §5.3 defaults (all reconstruction). Of ``backbone`` only ``backbone.text``
+    """MMCI's knobs (docs/algorithms-mmci-camib.md; all reconstruction). Of ``backbone`` only ``backbone.text``
     (mode, encoder) is read: MMCI has its own sequence encoders and no LF-TF fusion.
 
     * ``d``: node / encoder width; ``nodes_per_modality``: nodes per modality (at most the data's length).
@@ -60,7 +60,7 @@ class MMCIConfig(MethodConfig):
       the audio / vision Conv1d + TransformerEncoder.
     * ``edges``: ``dense`` | ``window`` (intra relations connect nodes at most ``window`` apart; inter stay dense).
     * ``relations``: ``pairs`` (own weights per ordered modality pair: 9 for t/a/v) | ``grouped`` (two weight
-      sets, intra and inter, shared by their pairs; METHODS.md's "2").
+      sets, intra and inter, shared by their pairs).
     * ``layers``: graph layers; beyond the first, causal and shortcut node states update separately,
       h^c <- ReLU(LN(h^c + mean_r m^c)) (likewise h^s), and the attentions of later layers read (h^c + h^s) / 2.
     * ``readout``: ``concat`` (C in R^{R d}) | ``sum`` (C in R^d); ``combine``: ``add`` (C + W_s S) | ``concat``.
@@ -141,7 +141,7 @@ def check_config(cfg: MMCIConfig) -> None:
 
 def relation_list(modalities: tuple[str, ...]) -> list[tuple[str, str]]:
     """(source, target) pairs among the present modalities: intra relations first (t->t, a->a, v->v), then
-    inter relations in METHODS.md's order (t->a, a->t, t->v, v->t, a->v, v->a)."""
+    inter relations in the order (t->a, a->t, t->v, v->t, a->v, v->a)."""
     intra = [(m, m) for m in modalities]
     inter = []
     for i, first in enumerate(modalities):
@@ -290,7 +290,7 @@ class GraphOutput:
 
 
 class CausalGraph(nn.Module):
-    """Nodes -> multi-relational causal / shortcut attention -> C and the shortcut strata (METHODS.md §5.1)."""
+    """Nodes -> multi-relational causal / shortcut attention -> C and the shortcut strata."""
 
     def __init__(self, spec: FeatureSpec, cfg: MMCIConfig) -> None:
         super().__init__()
@@ -361,7 +361,7 @@ class CausalGraph(nn.Module):
 
 
 class MMCI(MSAMethod):
-    """MMCI (METHODS.md §5): relation-wise causal attention with a stratified backdoor intervention.
+    """MMCI: relation-wise causal attention with a stratified backdoor intervention.
 
     ``predict`` uses ``mmci.inference`` (default: the intervened head on the un-shuffled pair);
     ``predict_heads`` returns the ``causal``, ``shortcut`` and ``intervened`` heads, so the base class

@@ -1,4 +1,4 @@
-"""Oracle reweighting with the generator's true groups (``oracle_reweight``; METHODS §10.3), kind ``oracle``.
+"""Oracle reweighting with the generator's true groups (docs/algorithms.md#oracle_reweight), kind ``oracle``.
 
 The baseline with static per-sample weights w_i proportional to 1 / n_{g(i)} (every group present in training weighs
 the same in the loss), normalised to mean 1 over the training set: the importance weighting a method would do if it

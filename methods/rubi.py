@@ -1,4 +1,4 @@
-"""RUBi-style text masking, regression port (METHODS.md §7).
+"""RUBi-style text masking, regression port (docs/algorithms.md#rubi).
 
 RUBi (Cadene et al., NeurIPS 2019) multiplies the main output by a mask computed by a bias-only
 branch during training and drops the mask at test time: samples the bias branch already explains
@@ -96,7 +96,7 @@ class Rubi(MSAMethod):
         return self.model(batch)
 
     def predict_heads(self, batch: Batch) -> dict[str, Tensor]:
-        """The text-only head o_t (its valid MAE is the text-only MAE of METHODS.md §8)."""
+        """The text-only head o_t (its valid MAE is the text-only MAE diagnostic)."""
         return {"text": self.text_head(self.model.encoders["text"](batch)).squeeze(-1)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Sequence encoders that keep the time axis (METHODS.md §5.1), for methods that work on frames or tokens.
+"""Sequence encoders that keep the time axis (docs/algorithms-mmci-camib.md), for methods that work on frames or tokens.
 
 The LF-TF backbone (`methods.backbone`) pools each modality to one vector; graph-based methods
 (MMCI) and CaMIB's ``seq`` encoder option need per-step states instead. Each encoder maps a `Batch`
@@ -123,7 +123,7 @@ def build_seq_encoder(
     modality: str, spec: FeatureSpec, d: int, text: TextConfig, *, layers: int = 2, heads: int = 4, ff: int = 256,
     dropout: float = 0.1, kernel: int = 3,
 ) -> nn.Module:
-    """The §5.1 sequence encoder of one modality: ``module(batch) -> (states (B, L, d), mask (B, L))``.
+    """The sequence encoder of one modality: ``module(batch) -> (states (B, L, d), mask (B, L))``.
 
     Text uses precomputed features or the fine-tuned encoder as ``text.mode`` (``auto``: features
     when the data has them) decides; audio / vision use the convolution + transformer encoder.

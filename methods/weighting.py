@@ -1,4 +1,4 @@
-"""GMAE and inverse-probability weights (METHODS.md §3.3-§3.4), as small pure functions.
+"""GMAE and inverse-probability weights (docs/algorithms.md#gear), as small pure functions.
 
 GEAR (``methods.gear``) and the LfF / IPW-only ablation share these, so both train their biased
 branches with the same generalised MAE and weight the main loss with the same formula.
@@ -9,7 +9,7 @@ branches with the same generalised MAE and weight the main loss with the same fo
   branch(es), aggregated over modalities by mean (``avg``) or minimum (``min``); ``none`` gives 1.
   A sample the biased branch fits well (small l_b) gets a small weight in the main loss.
 
-`WeightDiagnostics` is the logging both methods share (METHODS.md §8): weight summaries per step
+`WeightDiagnostics` is the logging both methods share: weight summaries per step
 and exact weight quantiles per epoch.
 """
 
@@ -44,7 +44,7 @@ def check_weight_mode(mode: str) -> None:
 
 
 def gmae_weight(residual: Tensor, variant: str = "tanh", q: float = 1.0) -> Tensor:
-    """The GMAE weight w(r) of METHODS.md §3.3 for absolute residuals ``r`` (detached here).
+    """The GMAE weight w(r) for absolute residuals ``r`` (detached here).
 
     ``tanh``: tanh(r^-q), r clamped >= 1e-8; ``sigmoid``: 2 sigmoid(-r); ``exp``: exp(-r / q);
     ``cauchy``: 1 / (1 + q^2 r^2); ``none``: 0 (the biased branch is not trained).
@@ -100,7 +100,7 @@ def ipw_weight(bias_loss: Tensor, fused_loss: Tensor, mode: str = "avg") -> Tens
 
 def weight_summary(weights: Tensor) -> dict[str, Tensor]:
     """Scalar summary of IPW weights for logging (the CSV logger has no histograms): mean, the
-    p10 / p50 / p90 quantiles and the fraction of weights below 0.1 (METHODS.md §8)."""
+    p10 / p50 / p90 quantiles and the fraction of weights below 0.1."""
     w = weights.detach().flatten().float()
     quantiles = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9], dtype=w.dtype, device=w.device))
     return {

@@ -1,4 +1,4 @@
-"""Simulated annealing over size-preserving selection masks (METHODS.md §4.3–4.5).
+"""Simulated annealing over size-preserving selection masks (docs/algorithms.md#ood-split-builder).
 
 For a 0/1 mask s over the N test samples, with per-sample word counts c_i and binary sides b_i,
 
@@ -98,7 +98,7 @@ def objective(problem: Problem, mask: np.ndarray) -> float:
 
 @dataclass
 class Schedule:
-    """§4.4 temperature schedule: T_k = t0·cooling^k over ``outer`` steps with int(n_k) proposals
+    """The temperature schedule: T_k = t0·cooling^k over ``outer`` steps with int(n_k) proposals
     each, n_0 = n0 and n_{k+1} = growth·n_k (defaults: 94,041 proposals, final T ≈ 1.8e-3)."""
 
     t0: float = 0.1
@@ -156,7 +156,7 @@ class ChainDraws:
 
 def draw_chain(rng: np.random.Generator, n: int, n_sel: int, n_proposals: int, moves: str = "notebook") -> ChainDraws:
     """Draw a chain's random numbers, vectorised, in a fixed order: initial permutation, move
-    types, positions, acceptance uniforms. Positions are uniform over all N (§4.4)."""
+    types, positions, acceptance uniforms. Positions are uniform over all N."""
     check_sizes(n, n_sel, moves)
     mask0 = rng.permutation(np.concatenate([np.ones(n_sel, np.int8), np.zeros(n - n_sel, np.int8)]))
     if moves == "notebook":
@@ -428,7 +428,7 @@ class AnnealResult:
 
 
 def chain_rng(seed: int, chain: int) -> np.random.Generator:
-    """The generator of chain ``chain``: ``default_rng(SeedSequence([seed, chain]))`` (§4.4)."""
+    """The generator of chain ``chain``: ``default_rng(SeedSequence([seed, chain]))``."""
     return np.random.default_rng(np.random.SeedSequence([seed, chain]))
 
 
@@ -493,7 +493,7 @@ def anneal(
     moves: str = "notebook",
     path: str = "incremental",
 ) -> AnnealResult:
-    """Run ``chains`` seeded chains and keep the one with the lowest final E (§4.4)."""
+    """Run ``chains`` seeded chains and keep the one with the lowest final E."""
     schedule = schedule or Schedule()
     if chains < 1:
         raise AnnealingError(f"split.sa.chains={chains} must be >= 1")

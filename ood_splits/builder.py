@@ -1,4 +1,4 @@
-"""Build OOD test-set manifests (METHODS.md §4.1, §4.9): vocabulary -> annealing -> manifest JSON.
+"""Build OOD test-set manifests (docs/algorithms.md#ood-split-builder): vocabulary -> annealing -> manifest JSON.
 
 ``build_manifest(bundle, SplitConfig(...), dataset=..., dataset_config=...)`` returns the
 manifest as a dict; ``write_manifest`` writes it atomically to
@@ -43,7 +43,7 @@ ID_SEP = "$_$"
 
 @dataclass
 class SAConfig:
-    """``split.sa.*`` (§4.4): schedule, number of chains and the move set."""
+    """``split.sa.*``: the annealing schedule, number of chains and the move set."""
 
     t0: float = 0.1
     cooling: float = 0.99
@@ -56,7 +56,7 @@ class SAConfig:
 
 @dataclass
 class TextConfig:
-    """``split.text.*`` (§4.2): ``min_count`` threshold on the test split's total count (a word is
+    """``split.text.*``: ``min_count`` threshold on the test split's total count (a word is
     kept if its count is > min_count); None = 50 for test splits of at least ``split.large_test``
     samples (MOSEI) and 10 below (MOSI). ``stop_words``: ``nltk`` (the 179-word list) or ``none``."""
 
@@ -66,7 +66,7 @@ class TextConfig:
 
 @dataclass
 class AVConfig:
-    """``split.av.*`` (§4.6): acoustic / visual words. ``k`` None = 50 for test splits of at least
+    """``split.av.*``: acoustic / visual words. ``k`` None = 50 for test splits of at least
     ``split.large_test`` samples (MOSEI) and 10 below (MOSI)."""
 
     descriptor: str = "masked_mean"
@@ -80,7 +80,7 @@ class AVConfig:
 
 @dataclass
 class TAVConfig:
-    """``split.tav.*`` (§4.7): ``sum`` (E_t + E_a + E_v) or ``per_modality`` (each term / |V_m|)."""
+    """``split.tav.*``: ``sum`` (E_t + E_a + E_v) or ``per_modality`` (each term / |V_m|)."""
 
     weighting: str = "sum"
 
@@ -364,7 +364,7 @@ def dumps(manifest: dict[str, Any]) -> str:
 
 
 def manifest_path(root: str | os.PathLike, dataset: str, name: str) -> Path:
-    """``<root>/<dataset>/<name>.json`` (METHODS.md §4.9)."""
+    """``<root>/<dataset>/<name>.json``."""
     return Path(root) / dataset / f"{name}.json"
 
 

@@ -1,4 +1,4 @@
-"""Sanity report of OOD manifests (METHODS.md §4.10): Markdown + JSON + one PNG beside each manifest.
+"""Sanity report of OOD manifests (docs/algorithms.md#ood-split-builder): Markdown + JSON + PNG beside each manifest.
 
 For a manifest ``<dir>/<name>.json`` the report writes ``<dir>/reports/<name>.report.md``,
 ``.report.json`` and ``.report.png`` (a sibling folder, so ``<dir>/*.json`` stays a list of

@@ -1,4 +1,4 @@
-"""Vocabularies for the OOD split builder (METHODS.md §4.2, §4.6, §4.7).
+"""Vocabularies for the OOD split builder (docs/algorithms.md#ood-split-builder: text, audio / visual and TAV words).
 
 A vocabulary is a list of "words" plus one count vector per sample (a CSR matrix). Text words
 are tokens of the transcripts counted on the test split; "acoustic / visual words" are K-means
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-# §4.2 step 1: these characters become spaces. This is the notebook's set, character for
+# Text words, step 1: these characters become spaces. This is the notebook's set, character for
 # character: Python's string.punctuation without the ASCII apostrophe and with U+2018 (left single
 # quotation mark) in place of the backtick. The apostrophe is kept so "i'm" and "that's" are tokens.
 PUNCTUATION = '!"#$%&()*+,-./:;<=>?@[\\]^_\u2018{|}~'
 _PUNCTUATION_TABLE = str.maketrans({ch: " " for ch in PUNCTUATION})
 
-# §4.2 step 2: NLTK's English stop-word list (nltk_data corpora/stopwords/english, the 179-word
+# Text words, step 2: NLTK's English stop-word list (nltk_data corpora/stopwords/english, the 179-word
 # version), in the file's order.
 NLTK_ENGLISH_STOP_WORDS: tuple[str, ...] = tuple(
     """
@@ -47,7 +47,7 @@ def stop_words_sha256(words: Sequence[str] = NLTK_ENGLISH_STOP_WORDS) -> str:
 
 
 def tokenize(text: str) -> list[str]:
-    """§4.2 step 1: lower-case, punctuation (``PUNCTUATION``) to spaces, split on whitespace."""
+    """Text words, step 1: lower-case, punctuation (``PUNCTUATION``) to spaces, split on whitespace."""
     return str(text).lower().translate(_PUNCTUATION_TABLE).split()
 
 
@@ -116,7 +116,7 @@ def text_vocabulary(
     min_count: int,
     stop_words: Sequence[str] = NLTK_ENGLISH_STOP_WORDS,
 ) -> Vocabulary:
-    """§4.2: tokens (stop words dropped) whose total count on the **test** split is > ``min_count``.
+    """Text words: tokens (stop words dropped) whose total count on the **test** split is > ``min_count``.
 
     Entries are sorted by descending test count, then alphabetically, so the order is a function of
     the data alone. ``train_text`` (optional) gives the train counts the report compares with.
@@ -159,7 +159,7 @@ DESCRIPTORS = ("masked_mean", "mean", "mean_std")
 
 
 def descriptors(x: np.ndarray, lengths: np.ndarray | None, kind: str = "masked_mean") -> np.ndarray:
-    """Per-utterance descriptors (N, d) or (N, 2d) of frame features ``x`` (N, T, d) (§4.6).
+    """Per-utterance descriptors (N, d) or (N, 2d) of frame features ``x`` (N, T, d) (audio / visual words).
 
     ``masked_mean``: mean over the valid frames ``[0, length)``; ``mean``: mean over all T frames,
     padding included; ``mean_std``: masked mean concatenated with the masked standard deviation.
@@ -219,7 +219,7 @@ def av_vocabulary(
     frame_k: int = 64,
     n_init: int = 10,
 ) -> Vocabulary:
-    """§4.6: K-means "acoustic / visual words" for one modality.
+    """K-means "acoustic / visual words" for one modality.
 
     ``words=utterance`` (default): descriptors per utterance, z-scored with train statistics,
     ``KMeans(n_clusters=k, n_init=n_init, random_state=seed)`` fitted on the ``fit_on`` split and
@@ -283,7 +283,7 @@ def _valid_frames(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
 
 
 def union(parts: Sequence[Vocabulary], weighting: str = "sum") -> Vocabulary:
-    """§4.7: one vocabulary from several (columns concatenated; E is additive over entries).
+    """The TAV vocabulary: one from several (columns concatenated; E is additive over entries).
 
     ``weighting=sum`` keeps every weight 1 (E_TAV = E_t + E_a + E_v); ``per_modality`` weights
     each entry of modality m by 1 / |V_m|.

@@ -1,4 +1,4 @@
-"""CaMIB (METHODS.md §6): VIB, mask, recombination, IV stop-gradients, options, training."""
+"""CaMIB (docs/algorithms-mmci-camib.md): VIB, mask, recombination, IV stop-gradients, options, training."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLUE-style counterfactual debiasing (METHODS.md §7): loss, routing, prediction, alpha on IID valid."""
+"""CLUE-style counterfactual debiasing (docs/algorithms.md#clue): loss, routing, prediction, alpha on IID valid."""
 
 from __future__ import annotations
 

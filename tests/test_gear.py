@@ -1,4 +1,4 @@
-"""GEAR (METHODS.md §3) and its shared weighting functions (§3.3-§3.4)."""
+"""GEAR (docs/algorithms.md#gear) and its shared weighting functions (GMAE, IPW)."""
 
 from __future__ import annotations
 

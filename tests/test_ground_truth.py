@@ -1,4 +1,4 @@
-"""Ground truth of the synthetic generator (METHODS.md §11.1) and its scenarios (§11.2): z, conflict flags,
+"""Ground truth of the synthetic generator (docs/design.md#ground-truth) and its scenarios: z, conflict flags,
 groups, train_bias, the named scenario datasets, and the bitwise regression of scenario ``independent``."""
 
 from __future__ import annotations

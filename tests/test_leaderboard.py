@@ -7,7 +7,7 @@ on ``mosi_utt`` (manifest-named OOD sets: s1111 ``test_nn_text`` + ``test_nn_aud
 plus one incomplete folder (no ``done``). Their predictions.csv has no ground-truth columns (old run folders).
 
 Fixture rows (tests/fixtures/runs_gt, written by tests/fixtures/make_runs_gt.py): predictions.csv with the
-ground-truth columns (METHODS §11.1). ``synthetic`` (sets ``test``, ``ood_text``, ``ood_tav``; shortcuts in text and
+ground-truth columns (docs/design.md). ``synthetic`` (sets ``test``, ``ood_text``, ``ood_tav``; shortcuts in text and
 audio, none in vision; every ``ood_tav`` clip conflicts): ``baseline`` (no ``kind`` field), ``gear``, ``jtt`` (seeds
 1111-1112 only), ``erm_unbiased`` (kind ``reference``), ``oracle_groupdro`` (kind ``oracle``); ``mosi_utt`` (real
 data: ground-truth columns empty; sets ``test``, ``test_nn_text``, ``test_nn_tav``): ``baseline`` and ``gear``.
@@ -396,7 +396,7 @@ def test_ood_avg_and_gap_cells_match_an_independent_computation(root: Path) -> N
 
 
 def test_ood_avg_is_per_seed_then_aggregated() -> None:
-    """METHODS §1.2: average a seed's OOD sets first, then aggregate over seeds; the pooled std is not it."""
+    """Average a seed's OOD sets first, then aggregate over seeds; the pooled std is not it."""
     row = _row(build_leaderboard(RUNS), "gear_noipw")
     # Non0_acc_2 per seed (result.json): s1111 text .7143 audio .8571 vision 1.0 tav .5714 -> avg .7857
     #                                    s1112 text .7143 audio 1.0 vision .8571 tav .8571 -> avg .857125
@@ -994,7 +994,7 @@ def test_wandb_mode_defaults_to_offline_and_is_never_forced(monkeypatch: pytest.
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Bias identification (METHODS §11.1, issue 15 item 4)
+# Bias identification (docs/algorithms.md#bias-identification, issue 15 item 4)
 # --------------------------------------------------------------------------------------------------------------------
 
 

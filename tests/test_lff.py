@@ -1,4 +1,4 @@
-"""LfF / IPW-only (METHODS.md §7): GEAR's weighting without swap or concatenation, optional LfF EMA."""
+"""LfF / IPW-only (docs/algorithms.md#lff): GEAR's weighting without swap or concatenation, optional LfF EMA."""
 
 from __future__ import annotations
 

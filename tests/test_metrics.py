@@ -1,4 +1,4 @@
-"""Tests for methods/metrics.py: METHODS §1.2-1.3 parity, aggregation, an independent reference, online metrics."""
+"""Tests for methods/metrics.py: MMSA parity, aggregation, an independent reference, online metrics."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from methods.metrics import (
     selection_value,
 )
 
-# METHODS §1.3 parity fixture
+# MMSA parity fixture
 Y = [-3.0, -1.4, 0.0, 0.0, 0.6, 1.2, 2.8, -0.2, 2.2, -2.6]
 P = [-2.1, -0.4, 0.3, -0.2, 0.0, 1.6, 3.5, 0.4, 1.5, -2.5]
 EXPECTED = {

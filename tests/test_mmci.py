@@ -1,4 +1,4 @@
-"""MMCI (METHODS.md §5): attention pairs, relations per modality subset, the backdoor permutation, gradient
+"""MMCI (docs/algorithms-mmci-camib.md): attention pairs, relations per modality subset, the backdoor permutation,
 isolation without the intervention, node pooling, training, and the synthetic per-modality shortcut switch."""
 
 from __future__ import annotations

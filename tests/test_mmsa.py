@@ -1,4 +1,4 @@
-"""Tests for datamodules/mmsa.py: safe unpickling, METHODS §1.1 loading rules, the MMSA writer."""
+"""Tests for datamodules/mmsa.py: safe unpickling, MMSA's loading rules, the MMSA writer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Oracle rows (Group DRO, group reweighting), JTT and the bias-identification measurements (METHODS §10, §11.1)."""
+"""Oracle rows (Group DRO, group reweighting), JTT and the bias-identification measurements (docs/algorithms.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RUBi-style text masking (METHODS.md §7): the mask, its gradient routing, no mask at test time."""
+"""RUBi-style text masking (docs/algorithms.md#rubi): the mask, its gradient routing, no mask at test time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Post-hoc model selection (METHODS §10.4): per-epoch records in the run folder, the selection rules, the
+"""Post-hoc model selection (docs/protocol.md#model-selection): per-epoch records in the run folder, the rules, the
 leaderboard's ``--selection`` and the GEAR selection window."""
 
 from __future__ import annotations
