@@ -188,10 +188,10 @@ def test_cli_splits_build_and_report(tmp_path, capsys):
 
 REAL = [
     ("mosi_text", "test_nn_text", 686),
-    ("mosi_utt", "test_nn_text", 752),
-    ("mosi_utt", "test_nn_audio", 752),
-    ("mosi_utt", "test_nn_vision", 752),
-    ("mosi_utt", "test_nn_tav", 752),
+    ("mosi_utt", "test_nn_text", 618),
+    ("mosi_utt", "test_nn_audio", 618),
+    ("mosi_utt", "test_nn_vision", 618),
+    ("mosi_utt", "test_nn_tav", 618),
     pytest.param("mosei_text", "test_nn_text", 4653, marks=pytest.mark.slow),
 ]
 

@@ -8,6 +8,7 @@ encoding is the ``slow`` test at the end.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,12 @@ def test_mosi_utt_split_by_videos_without_leakage():
     b = load_mosi_utterance(UtteranceConfig())
     raw = np.load(ROOT / "mosi" / UTTERANCE_FILE, allow_pickle=False)
     n_train_bclstm = int((raw["split_bclstm"] == "train").sum())
-    assert len(b.train) + len(b.valid) == n_train_bclstm == 1447 and len(b.test) == 752
+    # Default: validation = 20 % of the split_bclstm *test* videos (clean features), the rest is test.
+    assert len(b.train) == n_train_bclstm == 1447 and len(b.valid) + len(b.test) == 752
+    assert (len(b.valid), len(b.test)) == (134, 618)
     train_v, valid_v, test_v = videos(b.train.ids), videos(b.valid.ids), videos(b.test.ids)
     assert not (valid_v & train_v) and not (valid_v & test_v) and not (train_v & test_v)
-    assert len(valid_v) == round(0.1 * (len(train_v) + len(valid_v))) == 6 and len(test_v) == 31
+    assert len(valid_v) == round(0.2 * (len(test_v) + len(valid_v))) == 6 and len(test_v) == 25
     std_test = set(raw["clip_id"][raw["split_std"] == "test"].tolist())
     assert {i.replace("$_$", "_") for i in b.test.ids} != std_test  # never the standard (leaky) split
     for split in (b.train, b.valid, b.test):
@@ -105,12 +108,18 @@ def test_mosi_utt_validation_is_seeded_and_standardised_with_train_statistics():
     np.testing.assert_array_equal(raw.test.label, a.test.label)
 
 
-def test_mosi_utt_validation_from_test_videos():
+def test_mosi_utt_leaky_validation_only_behind_the_flag_with_a_warning(caplog):
     need(ROOT / "mosi" / UTTERANCE_FILE)
-    b = load_mosi_utterance(UtteranceConfig(valid_from="test"))
-    assert len(b.train) == 1447 and len(b.valid) + len(b.test) == 752
-    assert len(videos(b.valid.ids)) == 3 and len(videos(b.test.ids)) == 28
+    with caplog.at_level(logging.WARNING, logger="datamodules.utterance"):
+        clean = load_mosi_utterance(UtteranceConfig())
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="datamodules.utterance"):
+        b = load_mosi_utterance(UtteranceConfig(valid_from="train"))
+    assert any("valid_from=train" in r.getMessage() and "optimistic" in r.getMessage() for r in caplog.records)
+    assert len(b.train) + len(b.valid) == 1447 and len(b.test) == 752
+    assert len(videos(b.valid.ids)) == 6 and len(videos(b.train.ids)) == 56
     assert not videos(b.valid.ids) & videos(b.test.ids) and not videos(b.valid.ids) & videos(b.train.ids)
+    assert set(clean.test.ids.tolist()) < set(b.test.ids.tolist())
     with pytest.raises(ValueError, match="valid_from must be 'train' or 'test'"):
         load_mosi_utterance(UtteranceConfig(valid_from="std"))
 
