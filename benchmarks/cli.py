@@ -49,7 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from benchmarks.config import build_config, load_yaml, run_dir_for
-    from benchmarks.run import RunExistsError, run_job
+    from benchmarks.run import RunExistsError, ddp_child, run_job
 
     _quiet_lightning(args.verbose)
 
@@ -67,6 +67,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 1
         run_dir = run_dir_for(cfg)
         print(f"msabench run: {run_dir} is already complete; skipped")
+    if ddp_child():
+        return 0  # rank 0 of a DDP job writes and reports the run
     result = json.loads((run_dir / "result.json").read_text())
     print(f"\nrun folder: {run_dir}  ({time.time() - start:.1f} s, selected epoch {result['selected_epoch']})")
     header = f"{'test set':<12} {'n':>5} {'Non0_acc_2':>10} {'Has0_acc_2':>10} {'MAE':>7} {'Corr':>7}"

@@ -600,7 +600,7 @@ class MMCI(MSAMethod):
     def on_validation_epoch_end(self) -> None:
         spread = None
         if self._valid_buffer:
-            spread = float(torch.cat([h["shortcut"] for _, _, h in self._valid_buffer]).std(correction=0))
+            spread = float(torch.cat([h["shortcut"] for _, _, h, _ in self._valid_buffer]).std(correction=0))
         n_before = len(self.valid_history)
         super().on_validation_epoch_end()
         if len(self.valid_history) == n_before or spread is None:
