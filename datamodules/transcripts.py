@@ -1,10 +1,9 @@
 """Real CMU-MOSI / CMU-MOSEI transcripts and labels -> text-only :class:`DatasetBundle` (``mosi_text``, ``mosei_text``).
 
 Inputs live under the data root (``root`` config field, else ``$MSABENCH_DATA``, else the per-user data
-directory; :mod:`datamodules.dataroot`; built by ``msabench data fetch``): ``<root>/<mosi|mosei>/label.csv`` with
-MMSA's columns
-``video_id,clip_id,text,label,mode`` (mode = the standard CMU folds train / valid / test), and for MOSI
-optionally the CMU-MultimodalSDK label file ``CMU_MOSI_Opinion_Labels.csd`` (HDF5; segment i of a video
+directory; see :mod:`datamodules.dataroot`; ``msabench data fetch`` builds them): ``<root>/<mosi|mosei>/label.csv``
+with MMSA's columns ``video_id,clip_id,text,label,mode`` (mode = the standard CMU folds train / valid / test),
+and for MOSI optionally the CMU-MultimodalSDK label file ``CMU_MOSI_Opinion_Labels.csd`` (HDF5; segment i of a video
 is clip i+1), chosen with ``labels=csd``. Ids are ``<video_id>$_$<clip_id>`` read as strings (some video
 ids start with ``-``, some clip ids look numeric). ``raw_text`` keeps the transcript as released (the
 OOD split builder reads it); the model sees only the offline encoding (:mod:`datamodules.encoder`):

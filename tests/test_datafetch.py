@@ -179,6 +179,19 @@ def test_a_changed_file_is_reported_and_rebuilt(fake):
     assert (root / "mosei" / "label.csv").read_bytes() == FAKE_LABEL
 
 
+def test_a_file_built_from_other_pins_is_stale_and_rebuilt(fake):
+    mirror, catalog, root = fake
+    fetch(["mosei_text"], root, mirror=mirror, catalog=catalog, progress=False, log=lambda _: None)
+    newer = FAKE_FOLDS + b"standard_extra_fold=['x']\n"
+    (mirror / MOSEI_FOLDS).write_bytes(newer)
+    repinned = Catalog({**catalog.sources, MOSEI_FOLDS: _source(MOSEI_FOLDS, newer)}, {})
+    label, folds = list_data(root, catalog=repinned)[1]["mosei_text"]
+    assert (label.status, folds.status) == ("verified", "stale")
+    _, built = fetch(["mosei_text"], root, mirror=mirror, catalog=repinned, progress=False, log=lambda _: None)
+    assert [b.action for b in built] == ["kept", "built"]
+    assert [s.status for s in list_data(root, catalog=repinned)[1]["mosei_text"]] == ["verified", "verified"]
+
+
 def test_sha_mismatch_names_the_file_and_both_hashes_and_writes_nothing(fake):
     mirror, catalog, root = fake
     tampered = FAKE_FOLDS + b"# edited\n"
