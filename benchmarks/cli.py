@@ -346,7 +346,7 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     where, built = fetch(args.names, args.root, mirror=args.mirror, force=args.force, progress=sys.stderr.isatty())
     made = sum(b.action == "built" for b in built)
     print(f"data root {where.path} ({where.why}): {made} file(s) built, {len(built) - made} kept")
-    print(format_listing(*list_data(where.path)))
+    print(format_listing(*list_data(args.root)))
     return 0
 
 
