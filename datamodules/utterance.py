@@ -32,9 +32,10 @@ from typing import Optional
 
 import numpy as np
 
+from datamodules.dataroot import data_root, missing_data_hint, require_file
 from datamodules.mmsa import sha256_file
 from datamodules.schema import DataError, DatasetBundle, SplitData
-from datamodules.transcripts import ID_SEP, data_root, missing_data_hint, require_file
+from datamodules.transcripts import ID_SEP
 
 UTTERANCE_FILE = "bclstm_utterance.npz"
 SPLIT_KEY = "split_bclstm"
@@ -50,8 +51,8 @@ _REQUIRED = ("text", "audio", "vision", "label", "clip_id", "video_id", "raw_tex
 
 @dataclass
 class UtteranceConfig:
-    """``root`` data folder ('' = ``$MSABENCH_DATA`` or ../shared/data); ``valid_fraction`` of the
-    videos of ``valid_from`` (``test``, the clean default, or ``train`` of split_bclstm) held out for
+    """``root`` data folder ('' = ``$MSABENCH_DATA`` or the per-user data directory); ``valid_fraction`` of
+    the videos of ``valid_from`` (``test``, the clean default, or ``train`` of split_bclstm) held out for
     validation, drawn with ``valid_seed`` (None = 0.2 of test / 0.1 of train videos); ``standardize``
     z-scores every feature with train statistics."""
 
@@ -79,7 +80,7 @@ def load_mosi_utterance(cfg: UtteranceConfig) -> DatasetBundle:
     path = require_file(
         data_root(cfg.root) / "mosi" / UTTERANCE_FILE,
         "MOSI utterance features (bclstm_utterance.npz)",
-        missing_data_hint("mosi_utt.root"),
+        missing_data_hint("mosi_utt.root", "mosi_utt", cfg.root),
     )
     try:
         with np.load(path, allow_pickle=False) as npz:

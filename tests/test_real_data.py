@@ -1,4 +1,5 @@
-"""The real MOSI / MOSEI data in ../shared/data (or $MSABENCH_DATA): splits, ids, labels, no leakage.
+"""The real MOSI / MOSEI data under the data root ($MSABENCH_DATA; tests/conftest.py points it at ../shared/data
+beside a development checkout): splits, ids, labels, no leakage.
 
 Every test skips with a reason when the files are absent. Tests of ``mosi_text`` / ``mosei_text``
 tokenise only (``features=False``) with the packaged tokenizer, so they stay fast; the full MiniLM
@@ -15,12 +16,12 @@ import numpy as np
 import pytest
 
 from datamodules import get_dataset
+from datamodules.dataroot import data_root, user_dir
 from datamodules.encoder import packaged_minilm_dir
 from datamodules.transcripts import (
     CSD_FILE,
     MOSITextConfig,
     TranscriptConfig,
-    data_root,
     load_transcripts,
     read_csd_labels,
     read_label_csv,
@@ -161,16 +162,18 @@ def test_missing_data_is_one_clear_instruction(tmp_path):
         get_dataset("mosi_utt").load(UtteranceConfig(root=str(tmp_path)))
     msg = str(err.value)
     assert str(tmp_path / "mosi" / UTTERANCE_FILE) in msg and "MSABENCH_DATA" in msg and "mosi_utt.root" in msg
+    assert f"`msabench data fetch mosi_utt --root {tmp_path}`" in msg and "--from DIR" in msg
     with pytest.raises(FileNotFoundError, match="mosei_text.root") as err:
         get_dataset("mosei_text").load(TranscriptConfig(root=str(tmp_path)))
-    assert str(tmp_path / "mosei" / "label.csv") in str(err.value)
+    msg = str(err.value)
+    assert str(tmp_path / "mosei" / "label.csv") in msg and "msabench data fetch mosei_text" in msg
 
 
 def test_data_root_follows_config_then_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MSABENCH_DATA", str(tmp_path / "env"))
     assert data_root() == tmp_path / "env" and data_root(str(tmp_path / "cfg")) == tmp_path / "cfg"
     monkeypatch.delenv("MSABENCH_DATA")
-    assert data_root() == Path(__file__).resolve().parents[2] / "shared" / "data"
+    assert data_root() == user_dir(), "no fallback beside the checkout: the per-user data directory"
 
 
 def test_presets_mosi_family_only():
