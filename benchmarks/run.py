@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -165,10 +166,17 @@ def build_datamodule(cfg: DictConfig) -> MSADataModule:
     )
 
 
+def ddp_child() -> bool:
+    """True in a process that Lightning's DDP launcher started for a rank other than 0: it re-runs the same
+    command, trains its shard and takes part in every gather, but must not create, replace or write run files."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
 def run_job(cfg: DictConfig) -> Path:
     """Run one resolved job config and return its run folder."""
     start = time.time()
     final_dir = run_dir_for(cfg)
+    child = ddp_child()
     if (final_dir / "done").exists() and not cfg.output.overwrite:
         raise RunExistsError(f"{final_dir} already holds a complete run; set output.overwrite=true to redo it")
     if cfg.trainer.threads > 0:
@@ -189,7 +197,10 @@ def run_job(cfg: DictConfig) -> Path:
             "lower that start"
         )
     # Data and config are loaded and valid: only now is a folder created (or a complete one staged for replacing).
-    run_dir = _prepare_dir(final_dir, cfg.output.overwrite)
+    if child:
+        run_dir = Path(tempfile.mkdtemp(prefix="msabench-ddp-rank-"))
+    else:
+        run_dir = _prepare_dir(final_dir, cfg.output.overwrite)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     best = BestState(mode, first_epoch)
     callbacks: list[Callback] = [best]
@@ -205,6 +216,7 @@ def run_job(cfg: DictConfig) -> Path:
         min_epochs=max(cfg.trainer.min_epochs, first_epoch + 1),
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         accumulate_grad_batches=method.cfg.optim.accumulate,
         limit_train_batches=cfg.trainer.limit_train_batches,
@@ -220,12 +232,18 @@ def run_job(cfg: DictConfig) -> Path:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*deterministic.*")
+            # Under DDP, evaluation rows are gathered (and de-duplicated) before anything is logged or selected.
+            warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+            warnings.filterwarnings("ignore", message=".*Using `DistributedSampler` with the dataloaders.*")
             trainer.fit(method, datamodule=dm)
             best.restore(method)
             trainer.test(method, datamodule=dm, verbose=False)
     finally:
         if "wandb" in cfg.logger:
             _finish_wandb()
+    if child:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return final_dir
 
     rows = []
     for name in dm.test_set_names:
