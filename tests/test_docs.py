@@ -10,9 +10,9 @@ import pytest
 
 from benchmarks.readme_blocks import ROOT, documents
 
-# Pages other branches are writing now (data guide, faults, GPU, MMCI / CaMIB): a link to one of them is accepted
+# Pages other branches are writing now (faults, GPU, MMCI / CaMIB): a link to one of them is accepted
 # while the file is absent; once it exists, its links and anchors are checked like every other page's.
-PENDING = {"docs/data.md", "docs/faults.md", "docs/gpu.md", "docs/algorithms-mmci-camib.md"}
+PENDING = {"docs/faults.md", "docs/gpu.md", "docs/algorithms-mmci-camib.md"}
 
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~)")
