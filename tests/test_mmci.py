@@ -274,7 +274,7 @@ def test_bad_config_names_the_field():
 def test_optimiser_groups_follow_mmci_defaults():
     cfg = MMCIConfig()
     assert cfg.optim.accumulate == 1 and cfg.lambda_s == cfg.lambda_int == 0.5
-    assert (cfg.readout, cfg.combine, cfg.shortcut_loss) == ("split", "add", "kl_uniform"), "METHODS §5.3 defaults"
+    assert (cfg.readout, cfg.combine, cfg.shortcut_loss) == ("split", "add", "kl_uniform"), "MMCI defaults"
     model, _ = _model_and_batch()
     opt = model.configure_optimizers()
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
