@@ -91,7 +91,7 @@ def test_the_checker_finds_broken_links_and_anchors(tmp_path: Path) -> None:
     page = docs / "probe.md"
     page.write_text(
         "# Probe: one `code` heading\n\n[ok](#probe-one-code-heading) [bad anchor](#nowhere) "
-        "[file](design.md#the-house) [other anchor](design.md#the-garden) [gone](missing.md) [pending](data.md) "
+        "[file](design.md#the-house) [other anchor](design.md#the-garden) [gone](missing.md) [pending](gpu.md) "
         "`[in code](nothing.md)`\n```\n[fenced](nothing.md)\n```\n[web](https://example.org/x)\n",
         encoding="utf-8",
     )
