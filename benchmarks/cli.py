@@ -320,7 +320,7 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
-    from benchmarks.config import build_config
+    from benchmarks.config import build_config, checked_choices
     from datamodules import get_dataset
     from ood_splits.builder import MANIFEST_ROOT, MODALITY_SETS, SplitConfig, build_and_write, load_dataset
     from ood_splits.report import report
@@ -338,7 +338,8 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
                 f"override {item!r} is not a split or dataset key; expected split.<field>=..., dataset=<name> or "
                 f"{dataset}.<field>=..."
             )
-    base = OmegaConf.merge(OmegaConf.structured(SplitConfig), OmegaConf.from_dotlist(split_items))
+    with checked_choices(prefix="split."):
+        base = OmegaConf.merge(OmegaConf.structured(SplitConfig), OmegaConf.from_dotlist(split_items))
     modalities = args.modality or [base.modality]
     fields = {f.name for f in dataclasses.fields(get_dataset(dataset).config_class)}
     if all(MODALITY_SETS[m] == ("text",) for m in modalities):

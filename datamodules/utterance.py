@@ -23,9 +23,11 @@ from __future__ import annotations
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from datamodules.fields import data_neutral
 from datamodules.mmsa import sha256_file
 from datamodules.schema import DataError, DatasetBundle, SplitData
 from datamodules.transcripts import ID_SEP, data_root, missing_data_hint, require_file
@@ -41,10 +43,10 @@ class UtteranceConfig:
     videos of ``valid_from`` (``train`` or ``test`` of split_bclstm) held out for validation, drawn
     with ``valid_seed``; ``standardize`` z-scores every feature with train statistics."""
 
-    root: str = ""
+    root: str = data_neutral("")
     valid_fraction: float = 0.1
     valid_seed: int = 0
-    valid_from: str = "train"
+    valid_from: Literal["train", "test"] = "train"
     standardize: bool = True
 
 

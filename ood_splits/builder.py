@@ -20,14 +20,32 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
 from datamodules.schema import DatasetBundle, SplitData
-from ood_splits.annealing import LABEL_MODES, MOVE_SETS, AnnealResult, Problem, Schedule, anneal, label_sides
+from ood_splits.annealing import (
+    LABEL_MODES,
+    MOVE_SETS,
+    AnnealResult,
+    LabelMode,
+    MoveSet,
+    Problem,
+    Schedule,
+    anneal,
+    label_sides,
+)
 from ood_splits.annealing import random_baseline as random_energies
-from ood_splits.vocab import NLTK_ENGLISH_STOP_WORDS, Vocabulary, VocabularyError, av_vocabulary, text_vocabulary, union
+from ood_splits.vocab import (
+    NLTK_ENGLISH_STOP_WORDS,
+    Descriptor,
+    Vocabulary,
+    VocabularyError,
+    av_vocabulary,
+    text_vocabulary,
+    union,
+)
 
 MODALITY_SETS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
@@ -51,7 +69,7 @@ class SAConfig:
     n0: float = 200.0
     growth: float = 1.0008
     chains: int = 8
-    moves: str = "notebook"
+    moves: MoveSet = "notebook"
 
 
 @dataclass
@@ -61,7 +79,7 @@ class TextConfig:
     samples (MOSEI) and 10 below (MOSI). ``stop_words``: ``nltk`` (the 179-word list) or ``none``."""
 
     min_count: Optional[int] = None
-    stop_words: str = "nltk"
+    stop_words: Literal["nltk", "none"] = "nltk"
 
 
 @dataclass
@@ -69,11 +87,11 @@ class AVConfig:
     """``split.av.*`` (§4.6): acoustic / visual words. ``k`` None = 50 for test splits of at least
     ``split.large_test`` samples (MOSEI) and 10 below (MOSI)."""
 
-    descriptor: str = "masked_mean"
-    normalise: str = "train_zscore"
-    fit_on: str = "train"
+    descriptor: Descriptor = "masked_mean"
+    normalise: Literal["train_zscore", "none"] = "train_zscore"
+    fit_on: Literal["train", "test"] = "train"
     k: Optional[int] = None
-    words: str = "utterance"
+    words: Literal["utterance", "frame"] = "utterance"
     frame_k: int = 64
     n_init: int = 10
 
@@ -82,7 +100,7 @@ class AVConfig:
 class TAVConfig:
     """``split.tav.*`` (§4.7): ``sum`` (E_t + E_a + E_v) or ``per_modality`` (each term / |V_m|)."""
 
-    weighting: str = "sum"
+    weighting: Literal["sum", "per_modality"] = "sum"
 
 
 @dataclass
@@ -97,8 +115,8 @@ class SplitConfig:
     apply.
     """
 
-    modality: str = "text"
-    label_mode: str = "nn"
+    modality: Literal["text", "audio", "vision", "tav"] = "text"
+    label_mode: LabelMode = "nn"
     fraction: float = 0.47
     n_sel: Optional[int] = None
     seed: int = 0
