@@ -24,7 +24,9 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from datamodules.schema import DatasetBundle, SplitData
+from benchmarks.atomic import atomic_write_text
+from datamodules.manifest import OODManifest, check_set_name
+from datamodules.schema import DataError, DatasetBundle, SplitData
 from ood_splits.annealing import (
     LABEL_MODES,
     MOVE_SETS,
@@ -156,6 +158,10 @@ def check_config(cfg: SplitConfig) -> None:
         raise SplitBuildError(f"split.random_subsets={cfg.random_subsets} must be >= 1")
     if cfg.eps <= 0:
         raise SplitBuildError(f"split.eps={cfg.eps} must be > 0")
+    try:
+        check_set_name(cfg.set_name(), "split.name")
+    except DataError as exc:
+        raise SplitBuildError(str(exc)) from None
     Schedule(cfg.sa.t0, cfg.sa.cooling, cfg.sa.outer, cfg.sa.n0, cfg.sa.growth)
 
 
@@ -387,12 +393,10 @@ def manifest_path(root: str | os.PathLike, dataset: str, name: str) -> Path:
 
 
 def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write atomically (temporary file in the same folder, then rename)."""
+    """Validate (`OODManifest`, the datamodule's check, with the builder's record) and write atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(manifest), encoding="ascii")
-    os.replace(tmp, path)
+    OODManifest.from_dict(manifest, path, built=True)
+    atomic_write_text(path, dumps(manifest))
     return path
 
 
