@@ -207,3 +207,11 @@ def test_split_builder_choices_are_refused_naming_the_split_key(capsys):
     assert main(["splits", "build", "--show-config", "split.av.descriptor=meen"]) == 2
     assert "split.av.descriptor must be one of ['masked_mean', 'mean', 'mean_std'], got 'meen' (closest: 'mean')" \
         in capsys.readouterr().err
+
+
+def test_prepare_refuses_a_bad_choice_before_writing(tmp_path, capsys):
+    out = tmp_path / "x.pkl"
+    assert main(["prepare", "synthetic", "--out", str(out), "synthetic.ood_mode=revresed"]) == 2
+    assert "synthetic.ood_mode must be one of ['random', 'reversed'], got 'revresed' (closest: 'reversed')" \
+        in capsys.readouterr().err
+    assert not out.exists()
