@@ -146,16 +146,19 @@ def _dataset_config(name: str, overrides: list[str]) -> object:
     """The registered dataset's config dataclass with ``<name>.field=value`` (or ``field=value``) overrides."""
     from omegaconf import OmegaConf
 
+    from benchmarks.config import checked_choices
     from datamodules import get_dataset
 
     items = [o.removeprefix(f"{name}.") for o in overrides]
-    cfg = OmegaConf.merge(OmegaConf.structured(get_dataset(name).config_class), OmegaConf.from_dotlist(items))
+    with checked_choices(prefix=f"{name}."):
+        cfg = OmegaConf.merge(OmegaConf.structured(get_dataset(name).config_class), OmegaConf.from_dotlist(items))
     return OmegaConf.to_object(cfg)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
+    from benchmarks.config import checked_choices
     from datamodules import get_dataset
     from datamodules.mmsa import write_mmsa_pickle
     from datamodules.synthetic import SyntheticConfig, generate
@@ -182,7 +185,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         print("msabench prepare synthetic: --out PATH.pkl is required", file=sys.stderr)
         return 2
     overrides = [o.removeprefix("synthetic.") for o in args.overrides]
-    cfg = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), OmegaConf.from_dotlist(overrides))
+    with checked_choices(prefix="synthetic."):
+        cfg = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), OmegaConf.from_dotlist(overrides))
     bundle = generate(OmegaConf.to_object(cfg))
     write_mmsa_pickle(bundle, Path(args.out))
     print(
@@ -371,7 +375,7 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
-    from benchmarks.config import build_config
+    from benchmarks.config import build_config, checked_choices
     from datamodules import get_dataset
     from ood_splits.builder import MODALITY_SETS, SplitConfig, build_and_write, load_dataset, user_manifest_root
     from ood_splits.report import report
@@ -389,7 +393,8 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
                 f"override {item!r} is not a split or dataset key; expected split.<field>=..., dataset=<name> or "
                 f"{dataset}.<field>=..."
             )
-    base = OmegaConf.merge(OmegaConf.structured(SplitConfig), OmegaConf.from_dotlist(split_items))
+    with checked_choices(prefix="split."):
+        base = OmegaConf.merge(OmegaConf.structured(SplitConfig), OmegaConf.from_dotlist(split_items))
     modalities = args.modality or [base.modality]
     fields = {f.name for f in dataclasses.fields(get_dataset(dataset).config_class)}
     if all(MODALITY_SETS[m] == ("text",) for m in modalities):

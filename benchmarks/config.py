@@ -5,33 +5,52 @@ plus two sections typed by the choices made: ``model`` is the chosen method's hy
 dataclass and ``source`` the chosen dataset's. On the command line ``<method>.<field>=...`` is
 an alias of ``model.<field>`` and ``<dataset>.<field>=...`` of ``source.<field>`` (so
 ``gear.q=0.7`` and ``synthetic.bias=0.8`` work). Unknown keys and wrong types are errors that
-name the key.
+name the key. A choice field is a ``Literal[...]`` on its dataclass: a value outside its choices is refused when the
+config is built, in one line naming the key, the value, the choices and the closest one (`ConfigChoiceError`).
+
+What a field means for the run hash is marked where the field is defined (`datamodules.fields`): ``non_semantic``
+fields are never hashed, ``hash_neutral`` ones only when they differ from their neutral value (`config_hash`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
+from omegaconf.nodes import LiteralNode
 
 from datamodules import get_dataset
+from datamodules.fields import has_neutral, hash_neutral, is_semantic, neutral_value, non_semantic
+from datamodules.schema import Modality
 from methods import get_method
+from methods.metrics import SelectionKey
+
+Accelerator = Literal["cpu", "gpu", "cuda", "mps", "auto"]
+# Lightning's precision names (its numeric aliases such as 32 or "16" are not taken: the closest name is suggested).
+Precision = Literal["64-true", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed"]
+Kind = Literal["", "method", "reference", "oracle"]
+Logger = Literal["csv", "wandb"]
 
 
 @dataclass
 class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 256
-    modalities: Optional[list[str]] = None
+    modalities: Optional[list[Modality]] = None
     manifests: list[str] = field(default_factory=list)
     allow_source_mismatch: bool = False
     preset: bool = True
     # Fraction of training labels replaced by labels drawn at random from the training labels (seeded by the
     # job's seed). 0 = off. A planted regression for the CI check's power test, not a benchmark setting.
-    train_label_noise: float = 0.0
+    train_label_noise: float = hash_neutral(0.0)
 
 
 @dataclass
@@ -40,25 +59,26 @@ class TrainerConfig:
     min_epochs: int = 1
     patience: int = 8
     min_delta: float = 1e-6
-    accelerator: str = "cpu"
+    accelerator: Accelerator = "cpu"
     devices: int = 1
     # Lightning strategy; "ddp" with devices > 1 trains in that many processes (gloo on CPU). Evaluation rows
-    # are gathered across processes before metrics and selection (methods/distributed.py).
-    strategy: str = "auto"
-    precision: str = "32-true"
+    # are gathered across processes before metrics and selection (methods/distributed.py). Spawn-based
+    # strategies are not offered: their processes' outputs do not return to the job that writes the run folder.
+    strategy: Literal["auto", "ddp"] = hash_neutral("auto")
+    precision: Precision = "32-true"
     deterministic: bool = True
-    threads: int = 1
+    threads: int = 1  # hashed: the CPU thread count changes floating-point reduction order
     limit_train_batches: float = 1.0
-    progress_bar: bool = True
+    progress_bar: bool = non_semantic(True)
     # Early stopping on IID valid (patience, min_delta); false trains all max_epochs (selection is unchanged).
-    early_stop: bool = True
+    early_stop: bool = hash_neutral(True)
     # Per-epoch predictions on valid and every test set (epochs.npz in the run folder) for post-hoc selection.
-    record_epochs: bool = True
+    record_epochs: bool = hash_neutral(True)
 
 
 @dataclass
 class SelectionConfig:
-    key: str = "mae"
+    key: SelectionKey = "mae"
 
 
 @dataclass
@@ -87,45 +107,17 @@ class JobConfig:
     label: str = ""
     # Leaderboard kind of this job's row: "" = the method's own (MSAMethod.kind), else method | reference | oracle
     # (e.g. a ceiling row that is the baseline trained on unbiased data is the baseline method with kind reference).
-    kind: str = ""
+    kind: Kind = hash_neutral("")
     model: Any = None
     source: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    logger: list[str] = field(default_factory=lambda: ["csv"])
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+    logger: list[Logger] = non_semantic(default_factory=lambda: ["csv"])
+    wandb: WandbConfig = non_semantic(default_factory=WandbConfig)
+    output: OutputConfig = non_semantic(default_factory=OutputConfig)
 
 
-# Keys that do not change what a job computes: excluded from its hash and run-folder name.
-# (trainer.threads is semantic: the CPU thread count changes floating-point reduction order.)
-NON_SEMANTIC = (
-    "output",
-    "logger",
-    "wandb",
-    "trainer.progress_bar",
-    "source.threads",
-    "source.progress",
-    "source.cache",
-    "source.cache_dir",
-    "source.verify_hash",
-)
-# Knobs added after run folders existed, with the default that reproduces the earlier behaviour: left out of the
-# hash while they hold that default, so adding a knob does not move every existing run folder.
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
-    "data.train_label_noise": 0.0,
-    "source.scenario": "independent",
-    "source.train_bias": None,
-    "source.single_modality": "text",
-    "kind": "",
-    "model.backbone.lstm_impl": "padded",
-    "model.optim.impl": "foreach",
-    "trainer.early_stop": True,
-    "trainer.record_epochs": True,
-    "trainer.strategy": "auto",
-}
-KINDS = ("method", "reference", "oracle")
 FIXED_SECTIONS = (
     "label",
     "kind",
@@ -141,6 +133,48 @@ FIXED_SECTIONS = (
     "wandb",
     "output",
 )
+
+
+class ConfigChoiceError(ValueError):
+    """A choice field (a ``Literal`` on a config dataclass) got a value outside its choices."""
+
+
+def _choices_of(exc: ValidationError) -> tuple[Any, ...] | None:
+    """The choices of the ``Literal`` field (or list element) whose check raised ``exc``; None for other errors."""
+    if isinstance(exc.child_node, LiteralNode):
+        return get_args(exc.child_node.ref_type)
+    ref = exc.ref_type
+    if get_origin(ref) is Union:  # Optional[list[Literal[...]]]
+        ref = next((arg for arg in get_args(ref) if arg is not type(None)), ref)
+    if get_origin(ref) is list and get_args(ref) and get_origin(get_args(ref)[0]) is Literal:
+        return get_args(get_args(ref)[0])
+    return None
+
+
+def choice_message(key: str, value: Any, choices: Sequence[Any]) -> str:
+    """One line naming the key, its choices, the value it got and the choice closest to that value."""
+    by_text = {str(c): c for c in choices}
+    closest = difflib.get_close_matches(str(value), list(by_text), n=1, cutoff=0.0)
+    hint = f" (closest: {by_text[closest[0]]!r})" if closest else ""
+    return f"{key} must be one of {list(choices)}, got {value!r}{hint}"
+
+
+@contextmanager
+def checked_choices(where: str = "", aliases: dict[str, str] | None = None, prefix: str = "") -> Iterator[None]:
+    """Turn OmegaConf's error for a value outside a ``Literal`` field's choices into a `ConfigChoiceError` of one
+    line (`choice_message`), prefixed with ``where`` (e.g. the file). The key is named as the user writes it:
+    ``aliases`` renames its first part (``model`` -> ``gear``), ``prefix`` goes before it (``split.``). Every
+    other error passes through unchanged."""
+    try:
+        yield
+    except ValidationError as exc:
+        choices = _choices_of(exc)
+        if choices is None:
+            raise
+        head, dot, rest = str(exc.full_key).partition(".")
+        key = f"{prefix}{(aliases or {}).get(head, head)}{dot}{rest}"
+        prefix = f"{where}: " if where else ""
+        raise ConfigChoiceError(prefix + choice_message(key, exc.value, choices)) from None
 
 
 def _split_dotlist(overrides: list[str]) -> list[tuple[str, str]]:
@@ -182,13 +216,12 @@ def build_config(overrides: list[str] | None = None, base: dict[str, Any] | None
         rewritten.append(f"{key}={value}")
     user = OmegaConf.merge(OmegaConf.create(base), OmegaConf.from_dotlist(rewritten))
     preset = OmegaConf.create()
-    if OmegaConf.select(OmegaConf.merge(schema, user), "data.preset"):
-        for key, value in dataset.method_preset.items():
-            OmegaConf.update(preset, f"model.{key}", value, force_add=True)
-    cfg = OmegaConf.merge(schema, preset, user)
-    OmegaConf.resolve(cfg)
-    if cfg.kind not in ("", *KINDS):
-        raise ValueError(f"kind must be one of {list(KINDS)} (or empty for the method's own), got {cfg.kind!r}")
+    with checked_choices(aliases={"model": chosen["method"], "source": chosen["dataset"]}):
+        if OmegaConf.select(OmegaConf.merge(schema, user), "data.preset"):
+            for key, value in dataset.method_preset.items():
+                OmegaConf.update(preset, f"model.{key}", value, force_add=True)
+        cfg = OmegaConf.merge(schema, preset, user)
+        OmegaConf.resolve(cfg)
     to_object(cfg.source)  # the dataset config's own checks (e.g. synthetic.scenario) before any data or training
     if method_cls.needs_ground_truth and not getattr(dataset, "has_ground_truth", False):
         raise ValueError(
@@ -220,15 +253,42 @@ def _parent(plain: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
     return holder, leaf
 
 
+def hash_markers(cfg: DictConfig, prefix: str = "") -> tuple[list[str], dict[str, Any]]:
+    """The dotted keys of a resolved config whose dataclass fields are marked ``non_semantic`` (never hashed), and
+    those marked ``hash_neutral`` with their neutral value (hashed only when they differ from it); nested sections
+    (``model``, ``source``, ``model.backbone`` ...) are read from the dataclass each section was built from."""
+    never: list[str] = []
+    neutral: dict[str, Any] = {}
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return never, neutral
+    for f in dataclasses.fields(schema):
+        key = prefix + f.name
+        if not is_semantic(f):
+            never.append(key)
+            continue
+        if has_neutral(f):
+            neutral[key] = neutral_value(f)
+        child = cfg.get(f.name)
+        if isinstance(child, DictConfig):
+            child_never, child_neutral = hash_markers(child, key + ".")
+            never.extend(child_never)
+            neutral.update(child_neutral)
+    return never, neutral
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """SHA-256 (12 hex) of the semantic part of a resolved config: same job -> same hash."""
+    """SHA-256 (12 hex) of the semantic part of a resolved config: same job -> same hash. Left out: fields marked
+    ``non_semantic``, and fields marked ``hash_neutral`` while they hold their neutral value (`hash_markers`), so
+    that a knob added at the value that reproduces the earlier behaviour moves no existing run folder."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in NON_SEMANTIC:
+    never, neutral = hash_markers(cfg)
+    for key in never:
         holder, leaf = _parent(plain, key)
         holder.pop(leaf, None)
-    for key, default in HASH_NEUTRAL_DEFAULTS.items():
+    for key, value in neutral.items():
         holder, leaf = _parent(plain, key)
-        if leaf in holder and holder[leaf] == default:
+        if leaf in holder and holder[leaf] == value:
             holder.pop(leaf)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:12]
 

@@ -153,7 +153,8 @@ def _finish_wandb() -> None:
 
 def build_datamodule(cfg: DictConfig) -> MSADataModule:
     """The job's datamodule (dataset from the registry, restricted to ``data.modalities``)."""
-    bundle = get_dataset(cfg.dataset).load(to_object(cfg.source))
+    source = to_object(cfg.source)
+    bundle = get_dataset(cfg.dataset).load(source)
     return MSADataModule(
         bundle,
         batch_size=cfg.data.batch_size,
@@ -163,6 +164,7 @@ def build_datamodule(cfg: DictConfig) -> MSADataModule:
         manifests=list(cfg.data.manifests),
         allow_source_mismatch=cfg.data.allow_source_mismatch,
         train_label_noise=cfg.data.train_label_noise,
+        source_config=source,
     )
 
 

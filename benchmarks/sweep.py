@@ -23,12 +23,12 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from omegaconf import OmegaConf
 
-from benchmarks.config import build_config, run_dir_for
+from benchmarks.config import Kind, build_config, checked_choices, run_dir_for
 from methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class VariantConfig:
 
     method: str = "baseline"
     overrides: list[str] = field(default_factory=list)
-    kind: str = ""  # leaderboard kind of the row ("" = the method's own): method | reference | oracle
+    kind: Kind = ""  # leaderboard kind of the row ("" = the method's own): method | reference | oracle
 
 
 @dataclass
@@ -49,7 +49,7 @@ class LauncherConfig:
     """``serial`` | ``local`` | ``slurm``. For ``local``: ``workers`` processes (0 = as many as the
     cores allow at ``threads`` torch threads each), or one per GPU id in ``gpus``."""
 
-    name: str = "local"
+    name: Literal["serial", "local", "slurm"] = "local"
     workers: int = 0
     threads: int = 1
     gpus: list[int] = field(default_factory=list)
@@ -122,7 +122,8 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
         except yaml.YAMLError as exc:
             raise ValueError(f"sweep file {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     parts.append(OmegaConf.from_dotlist(list(overrides or [])))
-    sweep = OmegaConf.to_object(OmegaConf.merge(*parts))
+    with checked_choices(str(path) if path is not None else "sweep"):
+        sweep = OmegaConf.to_object(OmegaConf.merge(*parts))
     validate_sweep(sweep, source=str(path) if path is not None else "sweep")
     return sweep
 

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.dataroot import resolve_data_root
+from datamodules.fields import data_neutral, hash_neutral, non_semantic
+from datamodules.mmsa import Nonfinite
 from datamodules.schema import Batch, DatasetBundle, FeatureSpec, SplitData
-from datamodules.synthetic import SCENARIOS, SyntheticConfig, generate
+from datamodules.synthetic import SCENARIOS, Scenario, SyntheticConfig, generate
 from datamodules.transcripts import MOSITextConfig, TranscriptConfig, load_mosei_text, load_mosi_text
 from datamodules.utterance import UtteranceConfig, load_mosi_utterance
 
@@ -48,11 +50,11 @@ class MMSAConfig:
     instead of trusting its remembered SHA-256 (same path, size, mtime).
     """
 
-    path: str = ""
-    nonfinite: str = "error"
-    cache: bool = True
-    cache_dir: str = ""
-    verify_hash: bool = False
+    path: str = data_neutral("")
+    nonfinite: Nonfinite = "error"
+    cache: bool = non_semantic(True)
+    cache_dir: str = non_semantic("")
+    verify_hash: bool = non_semantic(False)
 
 
 def _read_mmsa(path: Path, cfg: MMSAConfig, name: str | None) -> DatasetBundle:
@@ -81,8 +83,8 @@ class MMSAReleaseConfig(MMSAConfig):
     ``$MSABENCH_DATA`` or the per-user data directory).
     """
 
-    aligned: bool = False
-    root: str = ""
+    aligned: bool = data_neutral(False)  # picks the file, whose SHA-256 a manifest checks
+    root: str = data_neutral("")
 
 
 MMSA_VARIANTS = ("unaligned_50.pkl", "aligned_50.pkl")
@@ -131,21 +133,21 @@ def _load_release(name: str) -> Callable[[MMSAReleaseConfig], DatasetBundle]:
 class SyntheticSharedConfig(SyntheticConfig):
     """``synthetic_shared``: the synthetic benchmark with one confounder per clip (scenario ``shared``)."""
 
-    scenario: str = "shared"
+    scenario: Scenario = hash_neutral("shared", neutral="independent")
 
 
 @dataclass
 class SyntheticIndependentConfig(SyntheticConfig):
     """``synthetic_independent``: the synthetic benchmark with independent shortcuts (scenario ``independent``)."""
 
-    scenario: str = "independent"
+    scenario: Scenario = hash_neutral("independent")
 
 
 @dataclass
 class SyntheticSingleConfig(SyntheticConfig):
     """``synthetic_single``: the synthetic benchmark with a shortcut in ``single_modality`` only (scenario single)."""
 
-    scenario: str = "single"
+    scenario: Scenario = hash_neutral("single", neutral="independent")
 
 
 SYNTHETIC_SCENARIO_CONFIGS: dict[str, type[SyntheticConfig]] = {

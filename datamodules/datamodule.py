@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, SubsetRandomSampler
 
+from datamodules.manifest import OODManifest
 from datamodules.schema import (
     Batch,
     DataError,
@@ -84,70 +83,47 @@ class TensorSplit(Dataset):
         return Batch(index=idx, **{key: value[idx] for key, value in self.tensors.items()})
 
 
-# Names a test set may not take: the standard splits and the leaderboard's derived columns.
-RESERVED_SET_NAMES = ("train", "valid", "test", "ood_avg", "gap", "headline", "worst_group", "bias_id_auroc")
-_SET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+def load_manifest(
+    path: str | Path,
+    test: SplitData,
+    source_sha256: str | None,
+    *,
+    allow_mismatch: bool,
+    source_config: object | None = None,
+) -> tuple[str, np.ndarray]:
+    """Read a split manifest (`OODManifest.load`) and return (set name, row indices into the test split).
 
-
-def check_manifest(manifest: object, path: str | Path) -> None:
-    """Refuse a split manifest whose shape is not ``{"name": identifier, "ids": [non-empty list of str], ...}``
-    (optional ``source_sha256`` / ``test_ids_sha256`` strings), naming the file and the field."""
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: a split manifest must be a JSON object, got {type(manifest).__name__}")
-    for key in ("name", "ids"):
-        if key not in manifest:
-            raise DataError(f"{path}: manifest has no key {key!r}")
-    name = manifest["name"]
-    if not isinstance(name, str) or not _SET_NAME.match(name):
-        raise DataError(f"{path}: 'name' must be a plain identifier (letters, digits, _), got {name!r}")
-    if name in RESERVED_SET_NAMES:
-        raise DataError(f"{path}: 'name' {name!r} is reserved (a split or a leaderboard column: {RESERVED_SET_NAMES})")
-    ids = manifest["ids"]
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise DataError(f"{path}: 'ids' must be a list of sample-id strings, got {type(ids).__name__}")
-    if not ids:
-        raise DataError(f"{path}: 'ids' is empty: an OOD set needs at least one sample")
-    for key in ("source_sha256", "test_ids_sha256"):
-        if manifest.get(key) is not None and not isinstance(manifest[key], str):
-            raise DataError(f"{path}: {key!r} must be a string, got {type(manifest[key]).__name__}")
-
-
-def load_manifest(path: str | Path, test: SplitData, source_sha256: str | None, *, allow_mismatch: bool) -> tuple[
-    str, np.ndarray
-]:
-    """Read a split manifest and return (set name, row indices into the test split).
-
-    Unknown or duplicate ids are errors; a ``source_sha256`` differing from the dataset's is an
-    error unless ``allow_mismatch`` (then a warning, and every id must still resolve).
+    Unknown ids are errors; a ``source_sha256``, test-id hash or recorded dataset config (compared with
+    ``source_config`` on the fields that change the data) differing from the loaded data's is an error unless
+    ``allow_mismatch`` (then a warning, and every id must still resolve).
     """
     path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read split manifest ({exc})") from exc
-    check_manifest(manifest, path)
-    want, have = manifest.get("source_sha256"), source_sha256
-    if want and have and want != have:
-        msg = f"{path}: source_sha256 {want[:12]}... differs from the loaded data's {have[:12]}..."
+    manifest = OODManifest.load(path)
+
+    def mismatch(msg: str) -> None:
         if not allow_mismatch:
             raise DataError(msg + " (set data.allow_source_mismatch=true to use it anyway)")
         log.warning(msg)
-    want_ids = manifest.get("test_ids_sha256")
+
+    want, have = manifest.source_sha256, source_sha256
+    if want and have and want != have:
+        mismatch(f"{path}: source_sha256 {want[:12]}... differs from the loaded data's {have[:12]}...")
+    want_ids = manifest.test_ids_sha256
     if want_ids:
         have_ids = hashlib.sha256("\n".join(test.ids.tolist()).encode("utf-8")).hexdigest()
         if have_ids != want_ids:
-            msg = f"{path}: test_ids_sha256 differs: the manifest was built on a different test split"
-            if not allow_mismatch:
-                raise DataError(msg + " (set data.allow_source_mismatch=true to use it anyway)")
-            log.warning(msg)
-    ids = list(manifest["ids"])
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{path}: key 'ids' has {len(ids) - len(set(ids))} duplicate ids")
+            mismatch(f"{path}: test_ids_sha256 differs: the manifest was built on a different test split")
+    differences = manifest.config_differences(source_config)
+    if differences:
+        mismatch(
+            f"{path}: built for another {manifest.dataset or 'dataset'} configuration ({'; '.join(differences)}); "
+            "rebuild the manifest for this configuration"
+        )
     position = {sample_id: i for i, sample_id in enumerate(test.ids.tolist())}
-    unknown = [i for i in ids if i not in position]
+    unknown = [i for i in manifest.ids if i not in position]
     if unknown:
         raise DataError(f"{path}: {len(unknown)} ids are not in the test split, e.g. {unknown[:3]}")
-    return str(manifest["name"]), np.array([position[i] for i in ids], dtype=np.int64)
+    return manifest.name, np.array([position[i] for i in manifest.ids], dtype=np.int64)
 
 
 def with_label_noise(split: SplitData, fraction: float, seed: int) -> SplitData:
@@ -166,7 +142,9 @@ class MSADataModule(L.LightningDataModule):
     """Batches for one dataset bundle.
 
     ``modalities`` restricts the modalities used (an ablation such as text-only); ``manifests``
-    are split-manifest paths whose ids sub-select the standard test split as extra named sets.
+    are split-manifest paths whose ids sub-select the standard test split as extra named sets;
+    ``source_config`` is the dataset config dataclass the bundle was loaded with, compared with the
+    config each manifest records (`OODManifest.config_differences`).
     """
 
     def __init__(
@@ -180,6 +158,7 @@ class MSADataModule(L.LightningDataModule):
         manifests: Sequence[str | Path] = (),
         allow_source_mismatch: bool = False,
         train_label_noise: float = 0.0,
+        source_config: object | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -199,7 +178,10 @@ class MSADataModule(L.LightningDataModule):
         for name, split in bundle.extra_tests.items():
             tests[name] = restrict(split)
         for path in manifests:
-            name, rows = load_manifest(path, bundle.test, bundle.source_sha256, allow_mismatch=allow_source_mismatch)
+            name, rows = load_manifest(
+                path, bundle.test, bundle.source_sha256,
+                allow_mismatch=allow_source_mismatch, source_config=source_config,
+            )
             if name in tests:
                 raise DataError(f"{path}: test set name {name!r} is already taken by another set")
             tests[name] = tests["test"].subset(rows)

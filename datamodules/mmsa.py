@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, get_args
 
 import numpy as np
 
@@ -47,7 +47,8 @@ from datamodules.schema import LABEL_MAX, LABEL_MIN, DataError, DatasetBundle, F
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-NONFINITE_MODES: tuple[str, ...] = ("error", "zero")
+Nonfinite = Literal["error", "zero"]
+NONFINITE_MODES: tuple[str, ...] = get_args(Nonfinite)
 PICKLE_PROTOCOL = 4  # what MMSA writes; no out-of-band buffers, supports > 4 GiB objects
 _ANNOTATIONS = np.array(["Negative", "Neutral", "Positive"], dtype=object)
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
+Modality = Literal["text", "audio", "vision"]
+MODALITIES: tuple[str, ...] = get_args(Modality)
 LABEL_MIN, LABEL_MAX = -3.0, 3.0
 # Ground-truth columns of predictions.csv, after set,id,prediction,label (docs/design.md#ground-truth).
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = (

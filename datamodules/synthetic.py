@@ -53,11 +53,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import numpy as np
 
-from datamodules.schema import DatasetBundle, SplitData
+from datamodules.fields import hash_neutral
+from datamodules.schema import DatasetBundle, Modality, SplitData
 
 OOD_SETS: dict[str, tuple[str, ...]] = {
     "ood_text": ("text",),
@@ -102,6 +103,10 @@ _WORD_ID = {w: i for i, w in enumerate(VOCABULARY)}
 _SPLIT_CODES = {"train": 0, "valid": 1, "test": 2, "ood_text": 3, "ood_audio": 4, "ood_vision": 5, "ood_tav": 6}
 
 
+Scenario = Literal["independent", "shared", "single"]
+SCENARIOS: tuple[str, ...] = get_args(Scenario)
+
+
 @dataclass
 class SyntheticConfig:
     """Knobs of the synthetic shortcut benchmark (all have MOSI-like defaults)."""
@@ -114,30 +119,29 @@ class SyntheticConfig:
     dims: dict[str, int] = field(default_factory=lambda: {"text": 768, "audio": 5, "vision": 20})
     max_len: dict[str, int] = field(default_factory=lambda: {"text": 50, "audio": 50, "vision": 50})
     min_len: dict[str, int] = field(default_factory=lambda: {"text": 5, "audio": 10, "vision": 10})
-    modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
+    modalities: list[Modality] = field(default_factory=lambda: ["text", "audio", "vision"])
     strength: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "audio": 0.6, "vision": 0.6})
     noise: dict[str, float] = field(default_factory=lambda: {"text": 0.25, "audio": 0.45, "vision": 0.45})
     bias: float = 0.9
     shortcut_strength: float = 1.0
-    shortcut_modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
-    ood_mode: str = "random"
+    shortcut_modalities: list[Modality] = field(default_factory=lambda: ["text", "audio", "vision"])
+    ood_mode: Literal["random", "reversed"] = "random"
     clips_per_video: int = 24
     embedding_noise: float = 0.0
     # How the shortcut signs are drawn (see SCENARIOS and the module docstring). ``independent``: z_m drawn per
     # modality (the design every earlier run folder used); ``shared``: one z per clip shown by every shortcut
     # modality; ``single``: a shortcut in ``single_modality`` only.
-    scenario: str = "independent"
+    scenario: Scenario = hash_neutral("independent")
     # Agreement of the shortcuts in train and valid (None = ``bias``); the IID test set keeps ``bias``. 0.5 gives
     # the unbiased world of the ceiling row (same labels, signals and sizes).
-    train_bias: Optional[float] = None
+    train_bias: Optional[float] = hash_neutral(None)
     # The one shortcut modality of scenario ``single``.
-    single_modality: str = "text"
+    single_modality: Modality = hash_neutral("text")
 
     def __post_init__(self) -> None:
         _check_scenario(self)
 
 
-SCENARIOS = ("independent", "shared", "single")
 _DEFAULT_SHORTCUT_MODALITIES = ("text", "audio", "vision")
 _SHARED_STREAM = 1001  # seed-stream key of the shared confounder's draws (never used by ``independent``)
 

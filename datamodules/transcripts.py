@@ -16,12 +16,14 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from datamodules.dataroot import data_root, missing_data_hint, require_file
 from datamodules.encoder import TextEncoder, encode_cached
+from datamodules.fields import data_neutral, non_semantic
 from datamodules.mmsa import SPLITS, sha256_file
 from datamodules.schema import LABEL_MAX, LABEL_MIN, DataError, DatasetBundle, SplitData
 
@@ -113,21 +115,21 @@ class TranscriptConfig:
     ``progress`` shows a progress bar while encoding.
     """
 
-    root: str = ""
-    encoder: str = ""
-    max_length: int = 50
-    features: bool = True
-    cache_dir: str = ""
-    batch_size: int = 64
-    threads: int = 1
-    progress: bool = True
+    root: str = data_neutral("")
+    encoder: str = data_neutral("")
+    max_length: int = data_neutral(50)
+    features: bool = data_neutral(True)
+    cache_dir: str = non_semantic("")
+    batch_size: int = data_neutral(64)
+    threads: int = non_semantic(1)
+    progress: bool = non_semantic(True)
 
 
 @dataclass
 class MOSITextConfig(TranscriptConfig):
     """``mosi_text``: ``labels`` = ``csv`` (label.csv) or ``csd`` (CMU_MOSI_Opinion_Labels.csd)."""
 
-    labels: str = "csv"
+    labels: Literal["csv", "csd"] = "csv"
 
 
 def load_transcripts(dataset: str, cfg: TranscriptConfig, *, name: str | None = None) -> DatasetBundle:

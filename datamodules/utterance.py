@@ -28,11 +28,12 @@ import logging
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
 from datamodules.dataroot import data_root, missing_data_hint, require_file
+from datamodules.fields import data_neutral
 from datamodules.mmsa import sha256_file
 from datamodules.schema import DataError, DatasetBundle, SplitData
 from datamodules.transcripts import ID_SEP
@@ -56,10 +57,10 @@ class UtteranceConfig:
     validation, drawn with ``valid_seed`` (None = 0.2 of test / 0.1 of train videos); ``standardize``
     z-scores every feature with train statistics."""
 
-    root: str = ""
+    root: str = data_neutral("")
     valid_fraction: Optional[float] = None
     valid_seed: int = 0
-    valid_from: str = "test"
+    valid_from: Literal["train", "test"] = "test"
     standardize: bool = True
 
 

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from datamodules.encoder import packaged_minilm_dir
+from datamodules.fields import hash_neutral
 from datamodules.schema import Batch, FeatureSpec
 
 OPTIM_GROUPS = ("text_encoder", "audio_lstm", "vision_lstm", "modality", "head")
-LSTM_IMPLS = ("padded", "packed")
+LstmImpl = Literal["padded", "packed"]
+LSTM_IMPLS: tuple[str, ...] = get_args(LstmImpl)
+# ``features`` pools with mean | first | lstm, ``finetune`` with cls | mean (first = cls).
+TextMode = Literal["auto", "features", "finetune"]
+TextPool = Literal["mean", "first", "lstm", "cls"]
 
 
 @dataclass
@@ -30,8 +36,8 @@ class TextConfig:
     """Text encoder. ``mode``: ``features`` (precomputed token features), ``finetune`` (a local
     transformers encoder on token ids), ``auto`` (features when the data has them, else finetune)."""
 
-    mode: str = "auto"
-    pool: str = "mean"
+    mode: TextMode = "auto"
+    pool: TextPool = "mean"
     encoder: str = ""
     dropout: float = 0.0
 
@@ -65,7 +71,7 @@ class BackboneConfig:
     lstm_dropout: float = 0.0
     # How LSTM encoders skip padding: ``padded`` (cut to the batch's longest length, fused kernel; default) or
     # ``packed`` (packed sequences, the earlier path). Same function up to float rounding; see `_last_hidden`.
-    lstm_impl: str = "padded"
+    lstm_impl: LstmImpl = hash_neutral("padded")
     modality_head: bool = True
     fusion: FusionConfig = field(default_factory=FusionConfig)
 

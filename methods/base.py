@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
+from datamodules.fields import hash_neutral
 from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import OPTIM_GROUPS, BackboneConfig
 from methods.distributed import gather_rows
 from methods.epoch_records import VALID, EpochRecorder
 from methods.metrics import SELECTION_MODES, msa_metrics, selection_value
+
+AdamImpl = Literal["fused", "foreach", "for_loop"]
+ADAM_IMPLS: tuple[str, ...] = get_args(AdamImpl)
 
 
 @dataclass
@@ -53,10 +57,7 @@ class OptimConfig:
     # (per-parameter, torch's CPU default), ``fused`` (one kernel per step, 4x faster; the same update up to float
     # rounding, but with the padded LSTMs it shifted CLUE's synthetic ood_audio by -3.5 points over 8 CI seeds and
     # the CI check alarmed, so it is opt-in).
-    impl: str = "foreach"
-
-
-ADAM_IMPLS = ("fused", "foreach", "for_loop")
+    impl: AdamImpl = hash_neutral("foreach")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +34,15 @@ from methods.seq_encoders import build_seq_encoder
 SIGMA_SHIFT = 5.0  # MIB: sigma = softplus(Linear(.) - 5), so the posterior starts nearly deterministic
 LOG_EPS = 1e-12  # floor inside log(sigma), for numerical safety only
 
-ENCODERS = ("lftf", "seq")
-FUSIONS = ("concat", "transformer")
-MASKS = ("sigmoid", "hard_concrete")
-SHORTCUT_LOSSES = ("const", "grl")
-INSTRUMENTS = ("ib_latents", "shuffled_modality", "prototypes")
-INFERENCE_HEADS = ("causal", "intervened")
+Encoder = Literal["lftf", "seq"]
+FusionKind = Literal["concat", "transformer"]
+MaskKind = Literal["sigmoid", "hard_concrete"]
+ShortcutLoss = Literal["const", "grl"]
+Instrument = Literal["ib_latents", "shuffled_modality", "prototypes"]
+InferenceHead = Literal["causal", "intervened"]
+ENCODERS, FUSIONS, MASKS, SHORTCUT_LOSSES, INSTRUMENTS, INFERENCE_HEADS = (
+    get_args(choice) for choice in (Encoder, FusionKind, MaskKind, ShortcutLoss, Instrument, InferenceHead)
+)
 
 
 @dataclass
@@ -52,9 +55,9 @@ class IVConfig:
     of ``prototypes`` global vectors. ``hidden`` is the width of g's hidden layer.
     """
 
-    instrument: str = "ib_latents"
+    instrument: Instrument = "ib_latents"
     hidden: int = 64
-    shuffle_modality: str = "random"
+    shuffle_modality: Literal["random", "text", "audio", "vision"] = "random"
     prototypes: int = 16
 
 
@@ -64,7 +67,7 @@ class CaMIBConfig(MethodConfig):
     CaMIB without recombination. ``encoder``: ``lftf`` (LF-TF encoders, h_m of width backbone.dim) or
     ``seq`` (the sequence encoders of width ``seq_d`` + masked mean; FF = ``seq_ff_mult`` * seq_d)."""
 
-    encoder: str = "lftf"
+    encoder: Encoder = "lftf"
     seq_d: int = 64
     seq_layers: int = 2
     seq_heads: int = 4
@@ -75,19 +78,19 @@ class CaMIBConfig(MethodConfig):
     vib_hidden: int = 1024
     beta: float = 1e-3
     eval_sample: bool = False
-    fusion: str = "concat"
+    fusion: FusionKind = "concat"
     fused_vib: bool = False
-    mask: str = "sigmoid"
+    mask: MaskKind = "sigmoid"
     tau: float = 1.0
     head_dropout: float = 0.1
-    shortcut_loss: str = "const"
+    shortcut_loss: ShortcutLoss = "const"
     lambda_s: float = 0.5
     lambda_bd: float = 0.5
     lambda_iv: float = 0.1
     lambda_m: float = 0.0
     rho: float = 0.5
     iv: IVConfig = field(default_factory=IVConfig)
-    inference: str = "causal"
+    inference: InferenceHead = "causal"
 
 
 def gaussian_kl(mu: Tensor, sigma: Tensor) -> Tensor:

@@ -30,7 +30,9 @@ from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import Fusion, build_encoder
 from methods.base import MethodConfig, MSAMethod
 from methods.weighting import (
+    GmaeVariant,
     WeightDiagnostics,
+    WeightMode,
     aggregate_bias_loss,
     biased_branch_losses,
     check_gmae,
@@ -47,9 +49,9 @@ class GearConfig(MethodConfig):
     IPW); ``swap``: the swap augmentation on/off, active from 0-based epoch ``swap_epochs``;
     ``swap_dim``: width of h_c and h_b (each phi reads 2 * swap_dim and writes backbone.dim)."""
 
-    gmae: str = "tanh"
+    gmae: GmaeVariant = "tanh"
     q: float = 1.0
-    weight: str = "avg"
+    weight: WeightMode = "avg"
     lambda_dis: float = 15.0
     lambda_swap: float = 1.0
     swap_epochs: int = 5

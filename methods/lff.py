@@ -24,7 +24,9 @@ from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import LFTFBackbone, build_encoder
 from methods.base import MethodConfig, MSAMethod
 from methods.weighting import (
+    GmaeVariant,
     WeightDiagnostics,
+    WeightMode,
     aggregate_bias_loss,
     biased_branch_losses,
     check_gmae,
@@ -39,9 +41,9 @@ class LfFConfig(MethodConfig):
     with GEAR's defaults; ``ema`` switches on LfF's per-sample EMA of both
     losses with decay ``ema_alpha`` and the per-label-bin max normalisation."""
 
-    gmae: str = "tanh"
+    gmae: GmaeVariant = "tanh"
     q: float = 1.0
-    weight: str = "avg"
+    weight: WeightMode = "avg"
     lambda_dis: float = 15.0
     ema: bool = False
     ema_alpha: float = 0.7

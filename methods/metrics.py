@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torchmetrics.regression import MeanAbsoluteError
 __all__ = [
     "METRIC_KEYS",
     "SELECTION_MODES",
+    "SelectionKey",
     "OnlineMSAMetrics",
     "aggregate",
     "msa_metrics",
@@ -42,7 +43,9 @@ METRIC_KEYS: tuple[str, ...] = (
     "Corr",
 )
 
-#: selection key -> direction in which the key improves (docs/protocol.md#model-selection; ``mae`` is the default).
+#: The model-selection keys (``selection.key``; docs/protocol.md#model-selection; ``mae`` is the default).
+SelectionKey = Literal["mae", "acc2_mean"]
+#: selection key -> direction in which the key improves (one entry per SelectionKey).
 SELECTION_MODES: dict[str, str] = {"mae": "min", "acc2_mean": "max"}
 
 

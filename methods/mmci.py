@@ -32,6 +32,7 @@ An empty stratum (text only has no inter relation) is left out: S then holds the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -97,36 +98,28 @@ class MMCIConfig(MethodConfig):
     enc_ff_mult: int = 4
     enc_dropout: float = 0.1
     enc_kernel: int = 3
-    edges: str = "dense"
+    edges: Literal["dense", "window"] = "dense"
     window: int = 1
-    relations: str = "pairs"
+    relations: Literal["pairs", "grouped"] = "pairs"
     layers: int = 1
-    readout: str = "split"
-    aggregate: str = "concat"
-    combine: str = "add"
-    shortcut_loss: str = "kl_uniform"
+    readout: Literal["split", "unsplit"] = "split"
+    aggregate: Literal["concat", "sum"] = "concat"
+    combine: Literal["add", "linear", "concat"] = "add"
+    shortcut_loss: Literal["kl_uniform", "const", "grl"] = "kl_uniform"
     grl_scale: float = 1.0
-    stratify: str = "permute"
+    stratify: Literal["permute", "memory"] = "permute"
     memory_size: int = 4096
     memory_strata: int = 8
     kmeans_iters: int = 20
     lambda_s: float = 0.5
     lambda_int: float = 0.5
-    inference: str = "intervened"
+    inference: Literal["intervened", "causal", "expectation"] = "intervened"
     head_dropout: float = 0.1
     optim: OptimConfig = field(default_factory=_mmci_optim)
 
 
-_CHOICES = {
-    "edges": ("dense", "window"),
-    "relations": ("pairs", "grouped"),
-    "readout": READOUTS,
-    "aggregate": ("concat", "sum"),
-    "combine": ("add", "linear", "concat"),
-    "shortcut_loss": ("kl_uniform", "const", "grl"),
-    "stratify": ("permute", "memory"),
-    "inference": ("intervened", "causal", "expectation"),
-}
+# field -> its choices, read from the Literal annotations above (the config builder checks them too).
+_CHOICES = {name: get_args(hint) for name, hint in get_type_hints(MMCIConfig).items() if get_origin(hint) is Literal}
 
 
 def check_config(cfg: MMCIConfig) -> None:

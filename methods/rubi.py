@@ -16,6 +16,7 @@ trained with |y_train - y| through both branches. Test prediction y_hat = y_mm (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -24,7 +25,8 @@ from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import LFTFBackbone, mlp_head, require_modality
 from methods.base import MethodConfig, MSAMethod
 
-MASKS = ("signed", "plain")
+RubiMask = Literal["signed", "plain"]
+MASKS: tuple[str, ...] = get_args(RubiMask)
 
 
 @dataclass
@@ -32,7 +34,7 @@ class RubiConfig(MethodConfig):
     """RUBi-style hyper-parameters: ``mask`` signed | plain; ``lambda_text`` the weight of the
     text-only head's own loss (RUBi adds it with weight 1)."""
 
-    mask: str = "signed"
+    mask: RubiMask = "signed"
     lambda_text: float = 1.0
 
 

@@ -15,15 +15,17 @@ and exact weight quantiles per epoch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from methods.bias_id import conflict_flags, identification_record
 
-GMAE_VARIANTS: tuple[str, ...] = ("tanh", "sigmoid", "exp", "cauchy", "none")
-WEIGHT_MODES: tuple[str, ...] = ("avg", "min", "none")
+GmaeVariant = Literal["tanh", "sigmoid", "exp", "cauchy", "none"]
+WeightMode = Literal["avg", "min", "none"]
+GMAE_VARIANTS: tuple[str, ...] = get_args(GmaeVariant)
+WEIGHT_MODES: tuple[str, ...] = get_args(WeightMode)
 GMAE_MIN_RESIDUAL = 1e-8  # r is clamped to this before r ** (-q) in the tanh variant
 IPW_EPS = 1e-8
 SMALL_WEIGHT = 0.1  # a weight below this counts as "down-weighted" in the diagnostics

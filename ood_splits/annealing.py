@@ -18,13 +18,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numba
 import numpy as np
 import scipy.sparse as sp
 
-LABEL_MODES = ("nn", "np")
-MOVE_SETS = ("notebook", "exchange")
+LabelMode = Literal["nn", "np"]
+MoveSet = Literal["notebook", "exchange"]
+LABEL_MODES: tuple[str, ...] = get_args(LabelMode)
+MOVE_SETS: tuple[str, ...] = get_args(MoveSet)
 SWAP, REVERSE, CUT, EXCHANGE = 0, 1, 2, 3
 MOVE_NAMES = {SWAP: "swap", REVERSE: "reverse", CUT: "cut_insert", EXCHANGE: "exchange"}
 

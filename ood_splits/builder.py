@@ -22,14 +22,34 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
-from datamodules.schema import DatasetBundle, SplitData
-from ood_splits.annealing import LABEL_MODES, MOVE_SETS, AnnealResult, Problem, Schedule, anneal, label_sides
+from benchmarks.atomic import atomic_write_text
+from datamodules.manifest import OODManifest, check_set_name
+from datamodules.schema import DataError, DatasetBundle, SplitData
+from ood_splits.annealing import (
+    LABEL_MODES,
+    MOVE_SETS,
+    AnnealResult,
+    LabelMode,
+    MoveSet,
+    Problem,
+    Schedule,
+    anneal,
+    label_sides,
+)
 from ood_splits.annealing import random_baseline as random_energies
-from ood_splits.vocab import NLTK_ENGLISH_STOP_WORDS, Vocabulary, VocabularyError, av_vocabulary, text_vocabulary, union
+from ood_splits.vocab import (
+    NLTK_ENGLISH_STOP_WORDS,
+    Descriptor,
+    Vocabulary,
+    VocabularyError,
+    av_vocabulary,
+    text_vocabulary,
+    union,
+)
 
 MODALITY_SETS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
@@ -52,7 +72,7 @@ class SAConfig:
     n0: float = 200.0
     growth: float = 1.0008
     chains: int = 8
-    moves: str = "notebook"
+    moves: MoveSet = "notebook"
 
 
 @dataclass
@@ -62,7 +82,7 @@ class TextConfig:
     samples (MOSEI) and 10 below (MOSI). ``stop_words``: ``nltk`` (the 179-word list) or ``none``."""
 
     min_count: Optional[int] = None
-    stop_words: str = "nltk"
+    stop_words: Literal["nltk", "none"] = "nltk"
 
 
 @dataclass
@@ -70,11 +90,11 @@ class AVConfig:
     """``split.av.*``: acoustic / visual words. ``k`` None = 50 for test splits of at least
     ``split.large_test`` samples (MOSEI) and 10 below (MOSI)."""
 
-    descriptor: str = "masked_mean"
-    normalise: str = "train_zscore"
-    fit_on: str = "train"
+    descriptor: Descriptor = "masked_mean"
+    normalise: Literal["train_zscore", "none"] = "train_zscore"
+    fit_on: Literal["train", "test"] = "train"
     k: Optional[int] = None
-    words: str = "utterance"
+    words: Literal["utterance", "frame"] = "utterance"
     frame_k: int = 64
     n_init: int = 10
 
@@ -83,7 +103,7 @@ class AVConfig:
 class TAVConfig:
     """``split.tav.*``: ``sum`` (E_t + E_a + E_v) or ``per_modality`` (each term / |V_m|)."""
 
-    weighting: str = "sum"
+    weighting: Literal["sum", "per_modality"] = "sum"
 
 
 @dataclass
@@ -98,8 +118,8 @@ class SplitConfig:
     apply.
     """
 
-    modality: str = "text"
-    label_mode: str = "nn"
+    modality: Literal["text", "audio", "vision", "tav"] = "text"
+    label_mode: LabelMode = "nn"
     fraction: float = 0.47
     n_sel: Optional[int] = None
     seed: int = 0
@@ -139,6 +159,10 @@ def check_config(cfg: SplitConfig) -> None:
         raise SplitBuildError(f"split.random_subsets={cfg.random_subsets} must be >= 1")
     if cfg.eps <= 0:
         raise SplitBuildError(f"split.eps={cfg.eps} must be > 0")
+    try:
+        check_set_name(cfg.set_name(), "split.name")
+    except DataError as exc:
+        raise SplitBuildError(str(exc)) from None
     Schedule(cfg.sa.t0, cfg.sa.cooling, cfg.sa.outer, cfg.sa.n0, cfg.sa.growth)
 
 
@@ -386,12 +410,10 @@ def manifest_path(root: str | os.PathLike, dataset: str, name: str) -> Path:
 
 
 def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write atomically (temporary file in the same folder, then rename)."""
+    """Validate (`OODManifest`, the datamodule's check, with the builder's record) and write atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(manifest), encoding="ascii")
-    os.replace(tmp, path)
+    OODManifest.from_dict(manifest, path, built=True)
+    atomic_write_text(path, dumps(manifest))
     return path
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.manifest import OODManifest
 from datamodules.schema import DatasetBundle
 from ood_splits.annealing import Problem, label_sides, objective
 from ood_splits.builder import (
@@ -46,16 +47,9 @@ CLASSES_7 = list(range(-3, 4))
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """A manifest as a dict, with the file named in errors."""
-    path = Path(path)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SplitBuildError(f"{path}: cannot read manifest ({exc})") from exc
-    for key in ("name", "dataset", "ids", "params", "objective", "seed"):
-        if key not in manifest:
-            raise SplitBuildError(f"{path}: manifest has no key {key!r}; was it written by `msabench splits build`?")
-    return manifest
+    """A manifest written by `msabench splits build`, as a dict: validated by `OODManifest.load` (the datamodule's
+    check) with the builder's record required, the file named in errors."""
+    return OODManifest.load(path, built=True).to_dict()
 
 
 def _rows(manifest: dict[str, Any], bundle: DatasetBundle, path: Path) -> np.ndarray:

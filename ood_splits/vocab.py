@@ -13,6 +13,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -155,7 +156,8 @@ def text_vocabulary(
     )
 
 
-DESCRIPTORS = ("masked_mean", "mean", "mean_std")
+Descriptor = Literal["masked_mean", "mean", "mean_std"]
+DESCRIPTORS: tuple[str, ...] = get_args(Descriptor)
 
 
 def descriptors(x: np.ndarray, lengths: np.ndarray | None, kind: str = "masked_mean") -> np.ndarray:
