@@ -71,6 +71,8 @@ class WandbConfig:
     project: str = "msa-debias-bench"
     entity: str = ""
     group: str = ""
+    # online | offline | disabled; "" = $WANDB_MODE, else offline (runs are written under the run folder's wandb/).
+    mode: str = ""
     # Seconds W&B may take to start (and to finish) a run; past it the job logs a warning and goes on without W&B
     # (an unreachable server otherwise stalls every job for about 100 s).
     timeout_s: float = 10.0
@@ -234,6 +236,12 @@ def run_dir_for(cfg: DictConfig) -> Path:
         return Path(cfg.output.dir)
     name = f"{cfg.label or cfg.method}-{cfg.dataset}-s{cfg.seed}-{config_hash(cfg)}"
     return Path(cfg.output.root) / cfg.output.sweep / name
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """The hidden sibling ``.<name>.new`` a job trains into; it becomes ``run_dir`` only when complete, so a visible run
+    folder is always a complete one (a failed attempt's staging folder keeps its logs until the job is relaunched)."""
+    return run_dir.parent / f".{run_dir.name}.new"
 
 
 def to_object(node: DictConfig) -> Any:

@@ -206,13 +206,12 @@ def test_workers_die_with_their_launcher(tmp_path):
     pid_file = tmp_path / "child.pid"
     child = (
         "import os, time; from benchmarks.sweep import die_with_parent; assert die_with_parent(); "
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
     )
-    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(300)"
     proc = subprocess.Popen([sys.executable, "-c", parent], cwd=Path(__file__).resolve().parent.parent)
-    for _ in range(200):
-        if pid_file.is_file() and pid_file.read_text():
-            break
+    deadline = time.time() + 240  # the child imports torch: tens of seconds on a loaded 2-core machine
+    while time.time() < deadline and not (pid_file.is_file() and pid_file.read_text()):
         time.sleep(0.05)
     child_pid = int(pid_file.read_text())
     proc.send_signal(signal.SIGKILL)
