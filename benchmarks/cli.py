@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (ValueError, KeyError, OSError, RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         # user input (a bad file, key or value, a full disk) or a failed job: one line naming it, no traceback
-        print(f"msabench {args.command}: error: {exc}", file=sys.stderr)
+        print(f"msabench {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl+C: say what was kept, exit like a shell (128 + SIGINT)
         print(f"msabench {args.command}: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)

@@ -185,6 +185,13 @@ def build_config(overrides: list[str] | None = None, base: dict[str, Any] | None
             OmegaConf.update(preset, f"model.{key}", value, force_add=True)
     cfg = OmegaConf.merge(schema, preset, user)
     OmegaConf.resolve(cfg)
+    if not 0 <= cfg.seed < 2**32:
+        raise ValueError(f"seed={cfg.seed}: expected an integer in [0, {2**32 - 1}] (numpy's seed range)")
+    if cfg.label and (cfg.label.startswith(".") or "/" in cfg.label or "\\" in cfg.label):
+        raise ValueError(
+            f"label={cfg.label!r}: expected a plain name (no '/' and no leading '.': the run folder is named after "
+            "it, and hidden folders are never counted)"
+        )
     if cfg.kind not in ("", *KINDS):
         raise ValueError(f"kind must be one of {list(KINDS)} (or empty for the method's own), got {cfg.kind!r}")
     to_object(cfg.source)  # the dataset config's own checks (e.g. synthetic.scenario) before any data or training

@@ -191,7 +191,8 @@ def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
         return [logger]
     except Exception as exc:  # noqa: BLE001 - logging must never fail the job
-        reason = " ".join(str(exc).strip().splitlines()[0].split()) if str(exc).strip() else "no message"
+        # one line: W&B's messages span lines and end with advice on init_timeout, which is wandb.timeout_s here
+        reason = " ".join(str(exc).split("Consider increasing")[0].split()) or "no message"
         log.warning(
             "W&B skipped for %s: it could not start a run (wandb.mode=%s, wandb.timeout_s=%g): %s: %s; the job goes "
             "on with the CSV logger only", run_dir_for(cfg).name, mode, timeout, type(exc).__name__, reason,
@@ -250,10 +251,11 @@ def run_job(cfg: DictConfig) -> Path:
             f"gear.select_after_swap=true) but trainer.max_epochs={cfg.trainer.max_epochs}; raise max_epochs or "
             "lower that start"
         )
-    # Data and config are loaded and valid: only now is a (hidden) folder created.
+    trainer, best = _make_trainer(cfg, method, first_epoch)
+    # Data, config and trainer settings are loaded and valid: only now is a (hidden) folder created.
     staging = _prepare_dir(final_dir, cfg.output.overwrite)
     try:
-        _fit_and_write(cfg, dm, method, recorder, first_epoch, staging, start)
+        _fit_and_write(cfg, dm, method, trainer, best, recorder, first_epoch, staging, start)
         _move_into_place(staging, final_dir)
     except BaseException as exc:  # noqa: BLE001 - Ctrl+C too: every failure names the folder that keeps its logs
         raise _failure(exc, staging, final_dir) from exc
@@ -267,18 +269,16 @@ def _restore_sigint(handler: Any) -> None:
         signal.signal(signal.SIGINT, handler)
 
 
-def _fit_and_write(
-    cfg: DictConfig,
-    dm: MSADataModule,
-    method: L.LightningModule,
-    recorder: Any,
-    first_epoch: int,
-    run_dir: Path,
-    start: float,
-) -> None:
-    """Train, select, test and write every file of the run folder into ``run_dir`` (``done`` last)."""
+def _make_trainer(cfg: DictConfig, method: L.LightningModule, first_epoch: int) -> tuple[L.Trainer, BestState]:
+    """The job's Trainer (its loggers are attached once the run folder exists) and the best-epoch keeper. Trainer
+    settings Lightning refuses (an accelerator or precision it does not know or cannot find) are one line naming the
+    keys, before any folder is made."""
+    if not cfg.trainer.limit_train_batches > 0:
+        raise ValueError(
+            f"trainer.limit_train_batches={cfg.trainer.limit_train_batches}: expected a fraction in (0, 1] or a "
+            "number of batches >= 1 (0 trains nothing)"
+        )
     mode = SELECTION_MODES[cfg.selection.key]
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     best = BestState(mode, first_epoch)
     callbacks: list[Callback] = [best]
     if cfg.trainer.early_stop:
@@ -287,23 +287,46 @@ def _fit_and_write(
         )
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    loggers = [CSVLogger(str(run_dir), name="logs", version=""), *_extra_loggers(cfg, run_dir)]
-    trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
-        min_epochs=max(cfg.trainer.min_epochs, first_epoch + 1),
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision,
-        accumulate_grad_batches=method.cfg.optim.accumulate,
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        callbacks=callbacks,
-        logger=loggers,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.progress_bar,
-        log_every_n_steps=10,
-    )
+    try:
+        trainer = L.Trainer(
+            max_epochs=cfg.trainer.max_epochs,
+            min_epochs=max(cfg.trainer.min_epochs, first_epoch + 1),
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            precision=cfg.trainer.precision,
+            accumulate_grad_batches=method.cfg.optim.accumulate,
+            limit_train_batches=cfg.trainer.limit_train_batches,
+            callbacks=callbacks,
+            logger=False,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=cfg.trainer.progress_bar,
+            log_every_n_steps=10,
+        )
+    except Exception as exc:  # noqa: BLE001 - Lightning raises several types for settings it refuses
+        raise ValueError(
+            f"trainer.accelerator={cfg.trainer.accelerator!r}, trainer.devices={cfg.trainer.devices}, "
+            f"trainer.precision={cfg.trainer.precision!r}: Lightning refuses them ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())})"
+        ) from exc
+    return trainer, best
+
+
+def _fit_and_write(
+    cfg: DictConfig,
+    dm: MSADataModule,
+    method: L.LightningModule,
+    trainer: L.Trainer,
+    best: BestState,
+    recorder: Any,
+    first_epoch: int,
+    run_dir: Path,
+    start: float,
+) -> None:
+    """Train, select, test and write every file of the run folder into ``run_dir`` (``done`` last)."""
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    trainer.loggers = [CSVLogger(str(run_dir), name="logs", version=""), *_extra_loggers(cfg, run_dir)]
     sigint = signal.getsignal(signal.SIGINT)
     try:
         with warnings.catch_warnings():

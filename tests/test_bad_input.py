@@ -93,6 +93,30 @@ def test_selection_start_beyond_budget_keeps_the_run(results, capsys):
 
 
 @pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["logger=[csv,wandbb]"], "logger: unknown entry 'wandbb' (did you mean 'wandb'?)"),
+        (["wandb.mode=onlin"], "wandb.mode='onlin' (did you mean 'online'?)"),
+        (["wandb.timeout_s=0"], "wandb.timeout_s=0.0: expected a number of seconds > 0"),
+        (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'"),
+        (["trainer.precision=8"], "trainer.precision='8': Lightning refuses them"),
+        (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0.0: expected a fraction"),
+        (["seed=-1"], "seed=-1: expected an integer in [0, 4294967295]"),
+        (["label=.hidden"], "label='.hidden': expected a plain name"),
+        (["model.optim.lr=-1"], "full_key: model.optim.lr"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_bad_job_settings_are_refused_before_any_folder(results, capsys, extra, message):
+    """Settings that used to fail after the run folder existed (or silently hid it) are one line before it."""
+    root, run, before = results
+    assert _rerun_into(run, *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert _snapshot(root) == before  # hidden folders included: none was made
+
+
+@pytest.mark.parametrize(
     ("lines", "message"),
     [
         (["methods: [baselin]"], "methods: unknown method 'baselin' (did you mean 'baseline'?)"),
