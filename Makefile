@@ -5,6 +5,12 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 BENCH_ROOT ?= runs
 export WANDB_MODE ?= offline
+# Development checkouts: the real data in ../shared/data beside the checkout, when it exists and MSABENCH_DATA is
+# unset (the product itself looks only at <dataset>.root, $$MSABENCH_DATA and the per-user data directory).
+SHARED_DATA := $(abspath $(wildcard ../shared/data))
+ifneq ($(SHARED_DATA),)
+export MSABENCH_DATA ?= $(SHARED_DATA)
+endif
 
 .PHONY: install bench check splits perf test test-all lint clean help
 
@@ -26,8 +32,8 @@ bench:  ## the main job: every method x synthetic benchmark x 3 seeds (local poo
 check:  ## CI regression check: calibrated test of OOD accuracy against benchmarks/reference/ci.csv
 	$(BIN)/msabench check
 
-splits:  ## rebuild the committed mosi_utt OOD manifests and their reports
-	$(BIN)/msabench splits build dataset=mosi_utt --modality text audio vision tav --report
+splits:  ## (maintainers) rebuild the committed mosi_utt OOD manifests and their reports in ood_splits/manifests
+	$(BIN)/msabench splits build dataset=mosi_utt --modality text audio vision tav --report --out ood_splits/manifests
 
 perf:  ## printed speed / memory figures: training throughput (vs the earlier kernels), split annealing, MMSA cache
 	$(PY) -m benchmarks.perf_training --compare

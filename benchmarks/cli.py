@@ -6,8 +6,10 @@ msabench leaderboard runs/manual [--out DIR] [--recompute] [--min-group-size N]
 msabench prepare synthetic --out data/synthetic_unaligned.pkl [synthetic.bias=0.8 ...]
 msabench prepare encode mosi_text|mosei_text [mosei_text.batch_size=128 ...]   # offline text encoding cache
 msabench prepare cache mosi|mosei [mosei.path=/data/MOSEI/unaligned_50.pkl ...]  # MMSA mmap cache
-msabench splits build dataset=mosi_text [--modality text audio vision tav] [split.seed=0 ...] [--report]
-msabench splits report ood_splits/manifests/mosi_utt/*.json      # sanity reports in mosi_utt/reports/
+msabench data fetch mosi_utt|mosi_text|mosei_text|all [--from MIRROR] [--root DIR] [--force]
+msabench data list [--root DIR]                      # which real-data files are there, and whether they verify
+msabench splits build dataset=mosi_text [--modality text audio vision tav] [split.seed=0 ...] [--report] [--out DIR]
+msabench splits report MANIFEST.json ... [--out DIR]   # sanity reports in reports/ beside each manifest
 msabench list                                        # registered methods and datasets
 """
 
@@ -49,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from benchmarks.config import build_config, load_yaml, run_dir_for
-    from benchmarks.run import RunExistsError, run_job
+    from benchmarks.run import RunExistsError, ddp_child, run_job
 
     _quiet_lightning(args.verbose)
 
@@ -67,6 +69,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 1
         run_dir = run_dir_for(cfg)
         print(f"msabench run: {run_dir} is already complete; skipped")
+    if ddp_child():
+        return 0  # rank 0 of a DDP job writes and reports the run
     result = json.loads((run_dir / "result.json").read_text())
     print(f"\nrun folder: {run_dir}  ({time.time() - start:.1f} s, selected epoch {result['selected_epoch']})")
     header = f"{'test set':<12} {'n':>5} {'Non0_acc_2':>10} {'Has0_acc_2':>10} {'MAE':>7} {'Corr':>7}"
@@ -271,7 +275,8 @@ Build OOD test sets of the GEAR protocol (METHODS.md section 4): for each modali
 the dataset's standard test split chosen by simulated annealing so that every frequent "word" of
 that modality is label-balanced inside it. Writes one manifest per set (ids only, no labels or text):
   <out>/<dataset>/test_<label_mode>_<modality>.json
-which `msabench run data.manifests=[...]` loads as an extra test set named after the manifest.
+(--out DIR; default: manifests/ in the per-user data directory, never the installed package), which
+`msabench run data.manifests=[...]` loads as an extra test set named after the manifest.
 
 Overrides (key=value):
   dataset=synthetic                 a registered dataset (msabench list); <dataset>.<field>=... as in `msabench run`
@@ -310,6 +315,50 @@ def _cmd_readme(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_HELP = """\
+Real data: the files the datasets mosi_utt, mosi_text and mosei_text read, under the data root.
+
+The data root is, in this order: --root DIR (or a dataset's <dataset>.root=DIR in `msabench run`), the
+environment variable MSABENCH_DATA, or the per-user data directory (on Linux ~/.local/share/msa-debias-bench).
+
+  msabench data fetch NAME      download the pinned public upstream files (raw.githubusercontent.com at fixed
+                                commits), check each SHA-256, build the files NAME needs and write them
+  msabench data list            show each dataset's files, whether they verify, and where the data root is
+
+NAME: mosi_utt (mosi/bclstm_utterance.npz), mosi_text (mosi/label.csv, mosi/std_folds.json,
+mosi/CMU_MOSI_Opinion_Labels.csd), mosei_text (mosei/label.csv, mosei/std_folds.json), or all.
+The MMSA pickles of the datasets mosi / mosei are not fetched: bring them (docs/data.md).
+"""
+
+DATA_FETCH_HELP = """\
+Download the pinned public upstream files of NAME (mosi_utt, mosi_text, mosei_text or all), check each
+SHA-256 against the pinned value, build the files the datamodules read, and write them into the data root,
+with SOURCES.lock.json recording what was built from which upstream SHA-256. Files that are already there
+and verify are kept (--force rebuilds them). Nothing is written unless every source verifies.
+
+Offline: --from DIR reads the same files from a local mirror laid out as DIR/<owner>/<repo>/<path in repo>
+(the error of a failed download names the URL and where to put the file). The pinned list, with licences,
+is benchmarks/data_sources.json; docs/data.md describes the files and how to cite them.
+"""
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from benchmarks.datafetch import fetch, format_listing, list_data
+
+    where, built = fetch(args.names, args.root, mirror=args.mirror, force=args.force, progress=sys.stderr.isatty())
+    made = sum(b.action == "built" for b in built)
+    print(f"data root {where.path} ({where.why}): {made} file(s) built, {len(built) - made} kept")
+    print(format_listing(*list_data(args.root)))
+    return 0
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from benchmarks.datafetch import format_listing, list_data
+
+    print(format_listing(*list_data(args.root)))
+    return 0
+
+
 def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     split = [o.removeprefix("split.") for o in overrides if o.startswith("split.")]
     return split, [o for o in overrides if not o.startswith("split.")]
@@ -322,7 +371,7 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
 
     from benchmarks.config import build_config
     from datamodules import get_dataset
-    from ood_splits.builder import MANIFEST_ROOT, MODALITY_SETS, SplitConfig, build_and_write, load_dataset
+    from ood_splits.builder import MODALITY_SETS, SplitConfig, build_and_write, load_dataset, user_manifest_root
     from ood_splits.report import report
 
     split_items, rest = _split_overrides(args.overrides)
@@ -349,6 +398,7 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
     if args.show_config:
         print(OmegaConf.to_yaml(OmegaConf.create({"dataset": dataset, dataset: source, "split": base})), end="")
         return 0
+    out_root = Path(args.out) if args.out else user_manifest_root()
     start = time.time()
     bundle = load_dataset(dataset, source)
     print(f"{dataset}: loaded in {time.time() - start:.1f} s (test split {len(bundle.test)} samples)")
@@ -357,7 +407,7 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
         cfg = OmegaConf.to_object(OmegaConf.merge(base, {"modality": modality}))
         start = time.time()
         path, manifest = build_and_write(
-            bundle, cfg, dataset=dataset, dataset_config=source, root=Path(args.out) if args.out else MANIFEST_ROOT
+            bundle, cfg, dataset=dataset, dataset_config=source, root=out_root
         )
         obj, params = manifest["objective"], manifest["params"]
         print(
@@ -368,7 +418,7 @@ def _cmd_splits_build(args: argparse.Namespace) -> int:
         )
         written.append(path)
     if args.report:
-        for stats in report(written, bundles={dataset: bundle}):
+        for stats in report(written, bundles={dataset: bundle}, out_dir=out_root / dataset / "reports"):
             print(f"report: {stats['files'][0]}")
     return 0
 
@@ -537,6 +587,39 @@ def make_parser() -> argparse.ArgumentParser:
     readme.add_argument("--check", action="store_true", help="only say whether the blocks are current (exit 1 if not)")
     readme.set_defaults(func=_cmd_readme)
 
+    data = sub.add_parser(
+        "data",
+        help="get the real MOSI / MOSEI files (pinned public sources, SHA-256 checked) and check them",
+        description=DATA_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser(
+        "fetch",
+        help="download, verify and build the files of mosi_utt, mosi_text, mosei_text or all",
+        description=DATA_FETCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="mosi_utt | mosi_text | mosei_text | all")
+    fetch.add_argument(
+        "--from", dest="mirror", metavar="DIR",
+        help="read the upstream files from this local mirror (DIR/<owner>/<repo>/<path>) instead of the network",
+    )
+    fetch.add_argument("--root", metavar="DIR", help="data root to build into (default: $MSABENCH_DATA, else the "
+                       "per-user data directory)")
+    fetch.add_argument("--force", action="store_true", help="rebuild files that are already there and verify")
+    fetch.set_defaults(func=_cmd_data_fetch)
+    dlist = data_sub.add_parser(
+        "list",
+        help="each dataset's files: present, verified (SHA-256 vs the build record), and where the data root is",
+        description="For each of mosi_utt, mosi_text and mosei_text: its files under the data root, their size and "
+        "whether their SHA-256 matches the build record SOURCES.lock.json (or, without one, the reference build); "
+        "and the data root with the reason it was chosen (--root, $MSABENCH_DATA or the per-user directory).",
+    )
+    dlist.add_argument("--root", metavar="DIR", help="data root to inspect (default: $MSABENCH_DATA, else the "
+                       "per-user data directory)")
+    dlist.set_defaults(func=_cmd_data_list)
+
     splits = sub.add_parser("splits", help="build OOD test-set manifests and their sanity reports")
     splits_sub = splits.add_subparsers(dest="splits_command", required=True)
     build = splits_sub.add_parser(
@@ -553,7 +636,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="modality sets to build, one manifest each (default: split.modality, i.e. text)",
     )
     build.add_argument(
-        "--out", help="manifest root; files go to <out>/<dataset>/<name>.json (default: ood_splits/manifests)"
+        "--out",
+        help="manifest root; files go to <out>/<dataset>/<name>.json (default: manifests/ in the per-user data "
+        "directory, e.g. ~/.local/share/msa-debias-bench/manifests; the committed ones in ood_splits/manifests are "
+        "rebuilt by `make splits`)",
     )
     build.add_argument("--report", action="store_true", help="also write the sanity reports (<out>/<dataset>/reports/)")
     build.add_argument("--show-config", action="store_true", help="print the resolved split and dataset config; exit")
@@ -562,7 +648,8 @@ def make_parser() -> argparse.ArgumentParser:
         "report",
         help="sanity report (Markdown + JSON + PNG) in reports/ beside each manifest",
         description="For each manifest <dir>/<name>.json write <dir>/reports/<name>.report.md / .report.json / "
-        ".report.png: subset size, label "
+        ".report.png (for a committed manifest of the package, ood_splits/manifests, the per-user manifest folder's "
+        "<dataset>/reports/ instead, unless --out is given): subset size, label "
         "histograms vs the full test split, E vs random subsets and per chain, per-entry negative rates on "
         "train / test / OOD, Jaccard overlap between the manifests given, distinct videos, and on synthetic data "
         "the planted text shortcut's agreement rate. The dataset is reloaded from the config the manifest records.",

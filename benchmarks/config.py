@@ -42,6 +42,9 @@ class TrainerConfig:
     min_delta: float = 1e-6
     accelerator: str = "cpu"
     devices: int = 1
+    # Lightning strategy; "ddp" with devices > 1 trains in that many processes (gloo on CPU). Evaluation rows
+    # are gathered across processes before metrics and selection (methods/distributed.py).
+    strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = True
     threads: int = 1
@@ -122,6 +125,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.optim.impl": "foreach",
     "trainer.early_stop": True,
     "trainer.record_epochs": True,
+    "trainer.strategy": "auto",
 }
 KINDS = ("method", "reference", "oracle")
 FIXED_SECTIONS = (

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -228,10 +229,17 @@ def build_datamodule(cfg: DictConfig) -> MSADataModule:
     )
 
 
+def ddp_child() -> bool:
+    """True in a process that Lightning's DDP launcher started for a rank other than 0: it re-runs the same
+    command, trains its shard and takes part in every gather, but must not create, replace or write run files."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
 def run_job(cfg: DictConfig) -> Path:
     """Run one resolved job config and return its run folder."""
     start = time.time()
     final_dir = run_dir_for(cfg)
+    child = ddp_child()
     check_loggers(cfg)
     if (final_dir / "done").exists() and not cfg.output.overwrite:
         raise RunExistsError(f"{final_dir} already holds a complete run; set output.overwrite=true to redo it")
@@ -252,6 +260,13 @@ def run_job(cfg: DictConfig) -> Path:
             "lower that start"
         )
     trainer, best = _make_trainer(cfg, method, first_epoch)
+    if child:  # a DDP rank > 0 trains its shard in a scratch folder and writes no run file
+        scratch = Path(tempfile.mkdtemp(prefix="msabench-ddp-rank-"))
+        try:
+            _fit_and_write(cfg, dm, method, trainer, best, recorder, first_epoch, scratch, start, write=False)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return final_dir
     # Data, config and trainer settings are loaded and valid: only now is a (hidden) folder created.
     staging = _prepare_dir(final_dir, cfg.output.overwrite)
     try:
@@ -293,6 +308,7 @@ def _make_trainer(cfg: DictConfig, method: L.LightningModule, first_epoch: int) 
             min_epochs=max(cfg.trainer.min_epochs, first_epoch + 1),
             accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
+            strategy=cfg.trainer.strategy,
             precision=cfg.trainer.precision,
             accumulate_grad_batches=method.cfg.optim.accumulate,
             limit_train_batches=cfg.trainer.limit_train_batches,
@@ -307,8 +323,8 @@ def _make_trainer(cfg: DictConfig, method: L.LightningModule, first_epoch: int) 
     except Exception as exc:  # noqa: BLE001 - Lightning raises several types for settings it refuses
         raise ValueError(
             f"trainer.accelerator={cfg.trainer.accelerator!r}, trainer.devices={cfg.trainer.devices}, "
-            f"trainer.precision={cfg.trainer.precision!r}: Lightning refuses them ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())})"
+            f"trainer.strategy={cfg.trainer.strategy!r}, trainer.precision={cfg.trainer.precision!r}: Lightning "
+            f"refuses them ({type(exc).__name__}: {' '.join(str(exc).split())})"
         ) from exc
     return trainer, best
 
@@ -323,8 +339,11 @@ def _fit_and_write(
     first_epoch: int,
     run_dir: Path,
     start: float,
+    *,
+    write: bool = True,
 ) -> None:
-    """Train, select, test and write every file of the run folder into ``run_dir`` (``done`` last)."""
+    """Train, select, test and write every file of the run folder into ``run_dir`` (``done`` last); ``write=False``
+    (a DDP rank > 0) stops after training and testing."""
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     trainer.loggers = [CSVLogger(str(run_dir), name="logs", version=""), *_extra_loggers(cfg, run_dir)]
     sigint = signal.getsignal(signal.SIGINT)
@@ -332,6 +351,9 @@ def _fit_and_write(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*deterministic.*")
+            # Under DDP, evaluation rows are gathered (and de-duplicated) before anything is logged or selected.
+            warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+            warnings.filterwarnings("ignore", message=".*Using `DistributedSampler` with the dataloaders.*")
             trainer.fit(method, datamodule=dm)
             best.restore(method)
             trainer.test(method, datamodule=dm, verbose=False)
@@ -339,6 +361,8 @@ def _fit_and_write(
         _restore_sigint(sigint)
         if "wandb" in cfg.logger:
             _finish_wandb()
+    if not write:
+        return
 
     rows = []
     for name in dm.test_set_names:

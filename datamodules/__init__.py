@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datamodules.dataroot import resolve_data_root
 from datamodules.schema import Batch, DatasetBundle, FeatureSpec, SplitData
 from datamodules.synthetic import SCENARIOS, SyntheticConfig, generate
-from datamodules.transcripts import MOSITextConfig, TranscriptConfig, data_root, load_mosei_text, load_mosi_text
+from datamodules.transcripts import MOSITextConfig, TranscriptConfig, load_mosei_text, load_mosi_text
 from datamodules.utterance import UtteranceConfig, load_mosi_utterance
 
 MOSI_PRESET: dict[str, Any] = {
@@ -77,7 +78,7 @@ class MMSAReleaseConfig(MMSAConfig):
     ``path``: the pickle or the folder holding it; when empty, ``$MSABENCH_MOSI_PKL`` /
     ``$MSABENCH_MOSEI_PKL`` (file or folder), else ``<root>/<mosi|mosei>/``. ``aligned`` picks
     ``aligned_50.pkl`` over ``unaligned_50.pkl`` in a folder. ``root``: the data folder ('' =
-    ``$MSABENCH_DATA`` or ../shared/data).
+    ``$MSABENCH_DATA`` or the per-user data directory).
     """
 
     aligned: bool = False
@@ -102,12 +103,15 @@ def mmsa_release_path(name: str, cfg: MMSAReleaseConfig) -> Path:
                 f"({path}); set {name}.aligned={str(not cfg.aligned).lower()} or point {origin} at {variant}"
             )
     else:
-        path = data_root(cfg.root) / name / variant
+        root = resolve_data_root(cfg.root, field=f"{name}.root")
+        path = root.path / name / variant
+        origin = f"the data root {root.path} ({root.why})"
     if not path.is_file():
         upper = name.upper()
         raise FileNotFoundError(
-            f"{upper} MMSA pickle not found at {path}. Download {upper}/Processed/{variant} of the MMSA release "
-            f"(thuiar/MMSA, README section 'Datasets') and put it there, or set {name}.path=/path/to/{variant} "
+            f"{upper} MMSA pickle not found at {path} (from {origin}). Download {upper}/Processed/{variant} of the "
+            f"MMSA release (thuiar/MMSA, README section 'Datasets'; `msabench data fetch` does not get it, see "
+            f"docs/data.md) and put it there, or set {name}.path=/path/to/{variant} "
             f"(the file or its folder) or the environment variable {env}. Check the download with "
             f"`sha256sum {variant}` against the checksum published with your copy; split manifests record the "
             f"SHA-256 of the file they were built from and refuse a different one."

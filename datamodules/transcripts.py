@@ -1,9 +1,9 @@
 """Real CMU-MOSI / CMU-MOSEI transcripts and labels -> text-only :class:`DatasetBundle` (``mosi_text``, ``mosei_text``).
 
-Inputs live under the data root (``root`` config field, else ``$MSABENCH_DATA``, else ``../shared/data``
-beside the repository): ``<root>/<mosi|mosei>/label.csv`` with MMSA's columns
-``video_id,clip_id,text,label,mode`` (mode = the standard CMU folds train / valid / test), and for MOSI
-optionally the CMU-MultimodalSDK label file ``CMU_MOSI_Opinion_Labels.csd`` (HDF5; segment i of a video
+Inputs live under the data root (``root`` config field, else ``$MSABENCH_DATA``, else the per-user data
+directory; see :mod:`datamodules.dataroot`; ``msabench data fetch`` builds them): ``<root>/<mosi|mosei>/label.csv``
+with MMSA's columns ``video_id,clip_id,text,label,mode`` (mode = the standard CMU folds train / valid / test),
+and for MOSI optionally the CMU-MultimodalSDK label file ``CMU_MOSI_Opinion_Labels.csd`` (HDF5; segment i of a video
 is clip i+1), chosen with ``labels=csd``. Ids are ``<video_id>$_$<clip_id>`` read as strings (some video
 ids start with ``-``, some clip ids look numeric). ``raw_text`` keeps the transcript as released (the
 OOD split builder reads it); the model sees only the offline encoding (:mod:`datamodules.encoder`):
@@ -20,41 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from datamodules.dataroot import data_root, missing_data_hint, require_file
 from datamodules.encoder import TextEncoder, encode_cached
 from datamodules.mmsa import SPLITS, sha256_file
 from datamodules.schema import LABEL_MAX, LABEL_MIN, DataError, DatasetBundle, SplitData
 
-DATA_ENV = "MSABENCH_DATA"
 LABEL_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 CSD_FILE = "CMU_MOSI_Opinion_Labels.csd"
 CSD_GROUP = "Opinion Segment Labels"
 ID_SEP = "$_$"
-
-
-def data_root(override: str | os.PathLike | None = None) -> Path:
-    """The real-data folder: ``override``, else ``$MSABENCH_DATA``, else ``<repo>/../shared/data``."""
-    if override:
-        return Path(override).expanduser()
-    env = os.environ.get(DATA_ENV, "")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def require_file(path: Path, what: str, how: str) -> Path:
-    """``path`` if it is a file, else a FileNotFoundError saying what is missing and what to do."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found at {path}. {how}")
-    return path
-
-
-def missing_data_hint(field: str) -> str:
-    """The instruction shown when a file under the data root is missing."""
-    return (
-        f"Point the suite at the folder holding mosi/ and mosei/ with {field}=/path/to/data or the environment "
-        f"variable {DATA_ENV}=/path/to/data (default: ../shared/data beside the repository); the files are "
-        "described in that folder's README.md."
-    )
 
 
 def read_label_csv(path: str | os.PathLike) -> pd.DataFrame:
@@ -129,7 +103,7 @@ def read_csd_labels(path: str | os.PathLike) -> dict[str, float]:
 class TranscriptConfig:
     """A transcript track: ``label.csv`` + the offline text encoder.
 
-    ``root`` the data folder ('' = ``$MSABENCH_DATA`` or ../shared/data); ``encoder`` a local
+    ``root`` the data folder ('' = ``$MSABENCH_DATA`` or the per-user data directory); ``encoder`` a local
     transformers directory ('' = the packaged all-MiniLM-L6-v2); ``max_length`` tokens per text
     ([CLS] and [SEP] included); ``features`` whether to run the encoder (false: token ids only, for
     ``backbone.text.mode=finetune``); ``cache_dir`` ('' = ``$MSABENCH_CACHE`` or ~/.cache/msabench);
@@ -168,7 +142,7 @@ def load_transcripts(dataset: str, cfg: TranscriptConfig, *, name: str | None = 
     if labels_from not in ("csv", "csd"):
         raise ValueError(f"{dataset}_text.labels must be 'csv' or 'csd', got {labels_from!r}")
     folder = data_root(cfg.root) / dataset
-    hint = missing_data_hint(f"{dataset}_text.root")
+    hint = missing_data_hint(f"{dataset}_text.root", f"{dataset}_text", cfg.root)
     csv_path = require_file(folder / "label.csv", f"{dataset.upper()} transcripts and labels (label.csv)", hint)
     frame = read_label_csv(csv_path)
     source = sha256_file(csv_path)
@@ -242,20 +216,16 @@ def load_mosi_text(cfg: MOSITextConfig) -> DatasetBundle:
 
 
 def load_mosei_text(cfg: TranscriptConfig) -> DatasetBundle:
-    """The ``mosei_text`` dataset (16274 / 1861 / 4653 clips in ../shared/data)."""
+    """The ``mosei_text`` dataset (16274 / 1861 / 4653 clips as ``msabench data fetch mosei_text`` builds it)."""
     return load_transcripts("mosei", cfg)
 
 
 __all__ = [
-    "DATA_ENV",
     "MOSITextConfig",
     "TranscriptConfig",
-    "data_root",
     "load_mosei_text",
     "load_mosi_text",
     "load_transcripts",
-    "missing_data_hint",
     "read_csd_labels",
     "read_label_csv",
-    "require_file",
 ]

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import OPTIM_GROUPS, BackboneConfig
+from methods.distributed import gather_rows
 from methods.epoch_records import VALID, EpochRecorder
 from methods.metrics import SELECTION_MODES, msa_metrics, selection_value
 
@@ -193,17 +194,24 @@ class MSAMethod(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         heads = {k: v.detach().float().cpu() for k, v in self.predict_heads(batch).items()}
-        self._valid_buffer.append((self.predict(batch).detach().float().cpu(), batch.label.cpu(), heads))
+        self._valid_buffer.append(
+            (self.predict(batch).detach().float().cpu(), batch.label.cpu(), heads, batch.index.cpu())
+        )
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._valid_buffer:
             return
-        pred = torch.cat([p for p, _, _ in self._valid_buffer]).double().numpy()
-        label = torch.cat([y for _, y, _ in self._valid_buffer]).double().numpy()
-        heads = {
-            head: torch.cat([h[head] for _, _, h in self._valid_buffer]).double().numpy()
-            for head in self._valid_buffer[0][2]
+        columns = {
+            "pred": torch.cat([p for p, _, _, _ in self._valid_buffer]).double().numpy(),
+            "label": torch.cat([y for _, y, _, _ in self._valid_buffer]).double().numpy(),
         }
+        for head in self._valid_buffer[0][2]:
+            columns[f"head:{head}"] = torch.cat([h[head] for _, _, h, _ in self._valid_buffer]).double().numpy()
+        index = torch.cat([i for _, _, _, i in self._valid_buffer]).numpy()
+        # Under DDP each process holds a shard: select and score on the whole validation set (each row once).
+        _, columns = gather_rows(self.trainer, index, columns)
+        pred, label = columns.pop("pred"), columns.pop("label")
+        heads = {key[len("head:") :]: value for key, value in columns.items()}
         pred, extra = self.select_on_valid(pred, label, heads)
         metrics = msa_metrics(pred, label, decimals=None)
         logged = {
@@ -257,9 +265,10 @@ class MSAMethod(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         for idx, parts in sorted(self._test_buffer.items()):
             name = self.test_set_names[idx] if idx < len(self.test_set_names) else f"set{idx}"
-            index = torch.cat([i for i, _, _ in parts]).numpy()
-            pred = torch.cat([p for _, p, _ in parts]).numpy()
-            label = torch.cat([y for _, _, y in parts]).numpy()
+            local = {"pred": torch.cat([p for _, p, _ in parts]), "label": torch.cat([y for _, _, y in parts])}
+            local = {key: value.numpy() for key, value in local.items()}
+            index, columns = gather_rows(self.trainer, torch.cat([i for i, _, _ in parts]).numpy(), local)
+            pred, label = columns["pred"], columns["label"]
             self.test_outputs[name] = {"index": index, "prediction": pred, "label": label}
             self.test_metrics[name] = msa_metrics(pred, label, decimals=4)
         self._test_buffer = {}

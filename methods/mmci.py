@@ -1,6 +1,6 @@
 """MMCI: multi-relational multimodal causal intervention (METHODS.md §5, a reconstruction on top of CAL).
 
-Jiang et al. (arXiv 2508.04999) publish no code. This module follows METHODS.md §5, which borrows
+Jiang et al. (arXiv 2508.04999) publish no code. This module follows METHODS.md §5 (revised), which borrows
 CAL's verified mechanics (Sui et al., KDD 2022):
 
 1. Sequence encoders (`methods.seq_encoders`) give per-step states of width d for every present
@@ -11,16 +11,22 @@ CAL's verified mechanics (Sui et al., KDD 2022):
    dense edges from every source node to every target node (self-loops included for intra
    relations). Per relation an edge MLP gives a softmax over two logits, the causal / shortcut
    edge attention pair (alpha^c, alpha^s) summing to one; a shared node MLP gives (beta^c, beta^s).
-3. Causal and shortcut messages and readouts per relation; C = concat_r C_r, shortcut strata
-   S_intra (mean over intra relations) and S_inter (mean over inter relations).
-4. Losses: L_c = |f_c(C) - y|, L_s makes f_s(S) uninformative, and the backdoor intervention
-   L_int = |f_int(C_i + W_s[S_intra,pi_intra(i) ; S_inter,pi_inter(i)]) - y_i| with independent
-   per-batch permutations of the two strata; L = L_c + lambda_s L_s + lambda_int L_int. Variant
-   ``stratify=memory``: a FIFO of detached shortcut vectors, K-means into K strata once per epoch,
-   and the intervened prediction averaged over the stratum centres weighted by their frequencies.
+3. ``readout=split`` (default, as CAL): every node state h_j is split *before* message passing,
+   x^c_j = beta^c_j h_j and x^s_j = beta^s_j h_j; causal messages and readouts use only x^c (residual
+   included), shortcut ones only x^s. C = concat_r C_r and S = concat_r S_r share one layout, so they
+   can be added; the strata are S's intra-relation blocks and its inter-relation blocks.
+   ``readout=unsplit`` is the earlier layout, kept as an ablation: the readouts add the unsplit h_i,
+   and S is two d-wide strata (the means over intra and over inter relations).
+4. Losses: L_c = |f_c(C) - y|; L_s makes f_s(S) uninformative (default ``kl_uniform``: a 7-bin head
+   pushed to the uniform distribution, CAL's loss); the backdoor intervention
+   L_int = |f_int(C_i + S~_i) - y_i|, where S~_i takes its intra blocks from S_pi_intra(i) and its inter
+   blocks from S_pi_inter(i) (independent per-batch permutations) and is added to C directly
+   (``combine=add``; ``linear`` maps S by a learnable W_s first, the earlier layout; ``concat`` feeds
+   [C ; S~]); L = L_c + lambda_s L_s + lambda_int L_int. Variant ``stratify=memory``: a FIFO of detached
+   shortcut vectors, K-means into K strata once per epoch, and the intervened prediction averaged over
+   the stratum centres weighted by their frequencies.
 
-An empty stratum (text only has no inter relation) is left out: the shortcut vector is then
-[S_intra] of width d, and W_s, f_s and the permutations use the strata that exist.
+An empty stratum (text only has no inter relation) is left out: S then holds the intra blocks only.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from methods.seq_encoders import build_seq_encoder
 SHORT_NAMES = {"text": "t", "audio": "a", "vision": "v"}
 STRATA = ("intra", "inter")
 KL_BINS = 7
+READOUTS = ("split", "unsplit")
 
 
 def _mmci_optim() -> OptimConfig:
@@ -61,18 +68,25 @@ class MMCIConfig(MethodConfig):
     * ``edges``: ``dense`` | ``window`` (intra relations connect nodes at most ``window`` apart; inter stay dense).
     * ``relations``: ``pairs`` (own weights per ordered modality pair: 9 for t/a/v) | ``grouped`` (two weight
       sets, intra and inter, shared by their pairs; METHODS.md's "2").
+    * ``readout``: ``split`` (CAL: nodes split by beta before message passing, split residuals, S in C's
+      layout) | ``unsplit`` (the earlier layout: residuals carry the unsplit h, S = two d-wide strata).
     * ``layers``: graph layers; beyond the first, causal and shortcut node states update separately,
-      h^c <- ReLU(LN(h^c + mean_r m^c)) (likewise h^s), and the attentions of later layers read (h^c + h^s) / 2.
-    * ``readout``: ``concat`` (C in R^{R d}) | ``sum`` (C in R^d); ``combine``: ``add`` (C + W_s S) | ``concat``.
-    * ``shortcut_loss``: ``const`` (regress f_s to the training-label mean) | ``kl_uniform`` (7-bin head, KL to
-      uniform) | ``grl`` (f_s regresses y through gradient reversal scaled by ``grl_scale``).
+      x^c <- ReLU(LN(x^c + mean_r m^c)) (likewise x^s). Under ``split`` beta is computed once (the split) and
+      the edge attentions of later layers read x^c + x^s; under ``unsplit`` every layer has its own beta and
+      its attentions read (h^c + h^s) / 2.
+    * ``aggregate``: how the per-relation readouts form C (and, under ``split``, S): ``concat`` (R d wide) |
+      ``sum`` (d wide).
+    * ``combine``: the intervened head's input, ``add`` (C + S~, a direct sum: nothing can switch the
+      intervention off; needs ``readout=split``) | ``linear`` (C + W_s S~, W_s learnable) | ``concat`` ([C ; S~]).
+    * ``shortcut_loss``: ``kl_uniform`` (7-bin head, KL(uniform || softmax), CAL's) | ``const`` (regress f_s to
+      the training-label mean) | ``grl`` (f_s regresses y through gradient reversal scaled by ``grl_scale``).
     * ``stratify``: ``permute`` (independent per-batch permutations of the intra / inter strata) | ``memory``
-      (FIFO of the last ``memory_size`` detached shortcut vectors [S_intra ; S_inter]; K-means with
-      ``memory_strata`` centres and ``kmeans_iters`` Lloyd steps once per epoch; L_int on
-      sum_k p_k f_int(C_i + W_s s_k); the first epoch, before any centres exist, uses ``permute``).
-    * ``lambda_s``, ``lambda_int``: loss weights; ``inference``: ``intervened`` (f_int(C + W_s S), no shuffle)
-      | ``causal`` (f_c(C)) | ``expectation`` (sum_k p_k f_int(C + W_s s_k); ``stratify=memory`` only).
-      ``intervened`` and ``expectation`` need ``lambda_int > 0`` (f_int is trained only by L_int).
+      (FIFO of the last ``memory_size`` detached shortcut vectors S; K-means with ``memory_strata`` centres and
+      ``kmeans_iters`` Lloyd steps once per epoch; L_int on sum_k p_k f_int(combine(C_i, s_k)); the first
+      epoch, before any centres exist, uses ``permute``).
+    * ``lambda_s``, ``lambda_int``: loss weights; ``inference``: ``intervened`` (f_int(combine(C, S)), no
+      shuffle) | ``causal`` (f_c(C)) | ``expectation`` (sum_k p_k f_int(combine(C, s_k)); ``stratify=memory``
+      only). ``intervened`` and ``expectation`` need ``lambda_int > 0`` (f_int is trained only by L_int).
     * ``head_dropout``: dropout inside f_c, f_s, f_int (LN -> Linear -> ReLU -> Dropout -> Linear).
     """
 
@@ -87,9 +101,10 @@ class MMCIConfig(MethodConfig):
     window: int = 1
     relations: str = "pairs"
     layers: int = 1
-    readout: str = "concat"
+    readout: str = "split"
+    aggregate: str = "concat"
     combine: str = "add"
-    shortcut_loss: str = "const"
+    shortcut_loss: str = "kl_uniform"
     grl_scale: float = 1.0
     stratify: str = "permute"
     memory_size: int = 4096
@@ -105,9 +120,10 @@ class MMCIConfig(MethodConfig):
 _CHOICES = {
     "edges": ("dense", "window"),
     "relations": ("pairs", "grouped"),
-    "readout": ("concat", "sum"),
-    "combine": ("add", "concat"),
-    "shortcut_loss": ("const", "kl_uniform", "grl"),
+    "readout": READOUTS,
+    "aggregate": ("concat", "sum"),
+    "combine": ("add", "linear", "concat"),
+    "shortcut_loss": ("kl_uniform", "const", "grl"),
     "stratify": ("permute", "memory"),
     "inference": ("intervened", "causal", "expectation"),
 }
@@ -130,6 +146,11 @@ def check_config(cfg: MMCIConfig) -> None:
         raise ValueError(f"mmci.memory_size={cfg.memory_size} must be >= mmci.memory_strata={cfg.memory_strata}")
     if cfg.kmeans_iters < 0:
         raise ValueError(f"mmci.kmeans_iters must be >= 0, got {cfg.kmeans_iters}")
+    if cfg.combine == "add" and cfg.readout != "split":
+        raise ValueError(
+            f"mmci.combine=add sums C and S directly and needs S in C's layout (mmci.readout=split); "
+            f"mmci.readout={cfg.readout} gives S as two d-wide strata: use mmci.combine=linear or concat"
+        )
     if cfg.inference == "expectation" and cfg.stratify != "memory":
         raise ValueError("mmci.inference=expectation needs mmci.stratify=memory (it averages over memory strata)")
     if cfg.inference in ("intervened", "expectation") and cfg.lambda_int == 0:
@@ -246,24 +267,25 @@ class RelationBlock(nn.Module):
         b = F.linear(h_source, self.edge.weight[:, d:])
         return torch.softmax(self.edge_out(torch.relu(a[:, :, None] + b[:, None])), dim=-1)
 
-    def messages(
-        self, alpha: Tensor, beta_source: Tensor, hc_source: Tensor, hs_source: Tensor, edge_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """m^c_i = (1/|N(i)|) sum_j alpha^c_ij W^c(beta^c_j h^c_j), and m^s likewise; each (B, n_target, d)."""
+    def messages(self, alpha: Tensor, xc_source: Tensor, xs_source: Tensor, edge_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """m^c_i = (1/|N(i)|) sum_j alpha^c_ij W^c x^c_j, and m^s likewise from x^s; each (B, n_target, d).
+
+        The caller passes the source states already split (x^c = beta^c h, x^s = beta^s h in the first layer)."""
         mask = edge_mask.to(alpha.dtype)
         degree = mask.sum(-1, keepdim=True).clamp_min(1.0)
-        m_c = (alpha[..., 0] * mask) @ self.w_c(beta_source[..., 0:1] * hc_source) / degree
-        m_s = (alpha[..., 1] * mask) @ self.w_s(beta_source[..., 1:2] * hs_source) / degree
+        m_c = (alpha[..., 0] * mask) @ self.w_c(xc_source) / degree
+        m_s = (alpha[..., 1] * mask) @ self.w_s(xs_source) / degree
         return m_c, m_s
 
 
 class GraphLayer(nn.Module):
-    """One layer: the shared node MLP, one `RelationBlock` per relation key, and (all but the last layer)
-    per-modality LayerNorms for the separate causal / shortcut node-state updates."""
+    """One layer: the shared node MLP (``node``: every layer of the unsplit layout, the first of the split one),
+    one `RelationBlock` per relation key, and (all but the last layer) per-modality LayerNorms for the separate
+    causal / shortcut node-state updates."""
 
-    def __init__(self, d: int, keys: list[str], modalities: tuple[str, ...], last: bool) -> None:
+    def __init__(self, d: int, keys: list[str], modalities: tuple[str, ...], last: bool, node: bool) -> None:
         super().__init__()
-        self.node = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2))
+        self.node = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2)) if node else None
         self.relations = nn.ModuleDict({key: RelationBlock(d, readout=last) for key in keys})
         if not last:
             self.update_c = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
@@ -273,20 +295,28 @@ class GraphLayer(nn.Module):
 @dataclass
 class GraphOutput:
     """What one forward pass of the graph gives: the causal vector C (B, c_dim), the shortcut strata
-    (name -> (B, d), present strata only), and the last layer's attentions, alpha per relation name
-    (B, n_target, n_source, 2), edge masks per relation name (n_target, n_source), beta per modality
-    (B, n_m, 2)."""
+    (name -> tensor, present strata only; ``split``: the intra / inter relations' readouts S_r, concatenated
+    or summed as ``join`` says; ``unsplit``: the d-wide means over intra / inter relations), and the last
+    layer's attentions: alpha per relation name (B, n_target, n_source, 2), edge masks per relation name
+    (n_target, n_source), beta per modality (B, n_m, 2)."""
 
     causal: Tensor
     strata: dict[str, Tensor]
     alpha: dict[str, Tensor]
     edge_mask: dict[str, Tensor]
     beta: dict[str, Tensor]
+    join: str = "cat"
+
+    def assemble(self, strata: dict[str, Tensor]) -> Tensor:
+        """The shortcut vector from (possibly permuted) strata: concatenated in stratum order (``cat``) or summed
+        (``sum``, the ``aggregate=sum`` layout of C)."""
+        parts = [strata[s] for s in STRATA if s in strata]
+        return torch.cat(parts, dim=-1) if self.join == "cat" else torch.stack(parts).sum(0)
 
     @property
     def shortcut(self) -> Tensor:
-        """[S_intra ; S_inter] over the present strata, (B, n_strata * d)."""
-        return torch.cat([self.strata[s] for s in STRATA if s in self.strata], dim=-1)
+        """S over the present strata: under ``readout=split`` in C's layout (same shape as C)."""
+        return self.assemble(self.strata)
 
 
 class CausalGraph(nn.Module):
@@ -295,7 +325,8 @@ class CausalGraph(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: MMCIConfig) -> None:
         super().__init__()
         self.modalities = spec.modalities
-        self.edges, self.window, self.readout = cfg.edges, cfg.window, cfg.readout
+        self.edges, self.window = cfg.edges, cfg.window
+        self.readout, self.aggregate = cfg.readout, cfg.aggregate
         self.relations = relation_list(self.modalities)
         self.names = [relation_name(s, t) for s, t in self.relations]
         if cfg.relations == "pairs":
@@ -304,8 +335,10 @@ class CausalGraph(nn.Module):
             self.keys = ["intra" if s == t else "inter" for s, t in self.relations]
         unique = list(dict.fromkeys(self.keys))
         self.modality_embedding = nn.Embedding(len(self.modalities), cfg.d)
+        split = cfg.readout == "split"
         self.layers = nn.ModuleList(
-            GraphLayer(cfg.d, unique, self.modalities, last=(i == cfg.layers - 1)) for i in range(cfg.layers)
+            GraphLayer(cfg.d, unique, self.modalities, last=(i == cfg.layers - 1), node=(i == 0 or not split))
+            for i in range(cfg.layers)
         )
         self.optim_group = "head"
 
@@ -313,6 +346,12 @@ class CausalGraph(nn.Module):
     def strata_present(self) -> list[str]:
         """The non-empty strata: ``intra`` always, ``inter`` when two or more modalities are present."""
         return ["intra"] + (["inter"] if len(self.modalities) > 1 else [])
+
+    def widths(self, d: int) -> tuple[int, int]:
+        """(width of C, width of S) for node width ``d``."""
+        c_dim = len(self.relations) * d if self.aggregate == "concat" else d
+        s_dim = c_dim if self.readout == "split" else len(self.strata_present) * d
+        return c_dim, s_dim
 
     def edge_mask(self, source: str, target: str, n_target: int, n_source: int, device: torch.device) -> Tensor:
         """Bool (n_target, n_source): dense, or for ``edges=window`` intra edges with |i - j| <= window."""
@@ -324,6 +363,57 @@ class CausalGraph(nn.Module):
     def forward(self, nodes: dict[str, Tensor]) -> GraphOutput:
         """``nodes``: modality -> (B, n_m, d) pooled nodes (before the modality embedding)."""
         h = {m: nodes[m] + self.modality_embedding.weight[k] for k, m in enumerate(self.modalities)}
+        if self.readout == "split":
+            return self._forward_split(h)
+        return self._forward_unsplit(h)
+
+    def _join(self, parts: list[Tensor]) -> Tensor:
+        return torch.cat(parts, dim=-1) if self.aggregate == "concat" else torch.stack(parts).sum(0)
+
+    def _forward_split(self, h: dict[str, Tensor]) -> GraphOutput:
+        """CAL's layout: beta splits every node once, x^c = beta^c h and x^s = beta^s h, before any message;
+        causal messages, residuals and readouts read x^c only (shortcut ones x^s only). The edge attentions read
+        x^c + x^s (= h in the first layer), as CAL's read the node features."""
+        betas = {m: torch.softmax(self.layers[0].node(h[m]), dim=-1) for m in self.modalities}
+        xc = {m: betas[m][..., 0:1] * h[m] for m in self.modalities}
+        xs = {m: betas[m][..., 1:2] * h[m] for m in self.modalities}
+        readout_c: list[Tensor] = []
+        readout_s: list[Tensor] = []
+        alphas: dict[str, Tensor] = {}
+        masks: dict[str, Tensor] = {}
+        for li, layer in enumerate(self.layers):
+            last = li == len(self.layers) - 1
+            whole = {m: xc[m] + xs[m] for m in self.modalities}
+            incoming_c: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+            incoming_s: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+            for (source, target), name, key in zip(self.relations, self.names, self.keys):
+                block = layer.relations[key]
+                alpha = block.attention(whole[target], whole[source])
+                mask = self.edge_mask(source, target, alpha.shape[1], alpha.shape[2], alpha.device)
+                m_c, m_s = block.messages(alpha, xc[source], xs[source], mask)
+                if last:
+                    readout_c.append(torch.relu(block.ln_c(xc[target] + m_c)).mean(1))
+                    readout_s.append(torch.relu(block.ln_s(xs[target] + m_s)).mean(1))
+                    alphas[name], masks[name] = alpha, mask
+                else:
+                    incoming_c[target].append(m_c)
+                    incoming_s[target].append(m_s)
+            if not last:
+                xc = {m: torch.relu(layer.update_c[m](xc[m] + torch.stack(incoming_c[m]).mean(0))) for m in xc}
+                xs = {m: torch.relu(layer.update_s[m](xs[m] + torch.stack(incoming_s[m]).mean(0))) for m in xs}
+        intra = [r for r, (s, t) in zip(readout_s, self.relations) if s == t]
+        inter = [r for r, (s, t) in zip(readout_s, self.relations) if s != t]
+        strata = {"intra": self._join(intra)}
+        if inter:
+            strata["inter"] = self._join(inter)
+        return GraphOutput(
+            causal=self._join(readout_c), strata=strata, alpha=alphas, edge_mask=masks, beta=betas,
+            join="cat" if self.aggregate == "concat" else "sum",
+        )
+
+    def _forward_unsplit(self, h: dict[str, Tensor]) -> GraphOutput:
+        """The earlier layout (ablation ``readout=unsplit``): messages carry beta-weighted sources, but the
+        readout residuals add the unsplit h, and S is the mean over intra and over inter relations."""
         hc, hs = h, h
         readout_c: list[Tensor] = []
         readout_s: list[Tensor] = []
@@ -340,7 +430,8 @@ class CausalGraph(nn.Module):
                 block = layer.relations[key]
                 alpha = block.attention(mixed[target], mixed[source])
                 mask = self.edge_mask(source, target, alpha.shape[1], alpha.shape[2], alpha.device)
-                m_c, m_s = block.messages(alpha, betas[source], hc[source], hs[source], mask)
+                beta = betas[source]
+                m_c, m_s = block.messages(alpha, beta[..., 0:1] * hc[source], beta[..., 1:2] * hs[source], mask)
                 if last:
                     readout_c.append(torch.relu(block.ln_c(hc[target] + m_c)).mean(1))
                     readout_s.append(torch.relu(block.ln_s(hs[target] + m_s)).mean(1))
@@ -351,13 +442,12 @@ class CausalGraph(nn.Module):
             if not last:
                 hc = {m: torch.relu(layer.update_c[m](hc[m] + torch.stack(incoming_c[m]).mean(0))) for m in hc}
                 hs = {m: torch.relu(layer.update_s[m](hs[m] + torch.stack(incoming_s[m]).mean(0))) for m in hs}
-        causal = torch.cat(readout_c, dim=-1) if self.readout == "concat" else torch.stack(readout_c).sum(0)
         intra = [r for r, (s, t) in zip(readout_s, self.relations) if s == t]
         inter = [r for r, (s, t) in zip(readout_s, self.relations) if s != t]
         strata = {"intra": torch.stack(intra).mean(0)}
         if inter:
             strata["inter"] = torch.stack(inter).mean(0)
-        return GraphOutput(causal=causal, strata=strata, alpha=alphas, edge_mask=masks, beta=betas)
+        return GraphOutput(causal=self._join(readout_c), strata=strata, alpha=alphas, edge_mask=masks, beta=betas)
 
 
 class MMCI(MSAMethod):
@@ -388,14 +478,12 @@ class MMCI(MSAMethod):
             }
         )
         self.graph = CausalGraph(dims, cfg)
-        n_relations = len(self.graph.relations)
-        c_dim = n_relations * cfg.d if cfg.readout == "concat" else cfg.d
-        s_dim = len(self.graph.strata_present) * cfg.d
+        c_dim, s_dim = self.graph.widths(cfg.d)
         self.w_s: nn.Module | None = None
-        if cfg.combine == "add":
+        if cfg.combine == "linear":
             self.w_s = nn.Linear(s_dim, c_dim)
             self.w_s.optim_group = "head"
-        z_dim = c_dim if cfg.combine == "add" else c_dim + s_dim
+        z_dim = c_dim + s_dim if cfg.combine == "concat" else c_dim
         self.f_c = _head(c_dim, cfg.d, cfg.head_dropout)
         self.f_s = _head(s_dim, cfg.d, cfg.head_dropout, out=KL_BINS if cfg.shortcut_loss == "kl_uniform" else 1)
         self.f_int = _head(z_dim, cfg.d, cfg.head_dropout)
@@ -425,7 +513,10 @@ class MMCI(MSAMethod):
         return self.graph(self.nodes(batch))
 
     def combine(self, causal: Tensor, shortcut: Tensor) -> Tensor:
-        """z = C + W_s S (``combine=add``) or [C ; S] (``combine=concat``), over the last axis."""
+        """The intervened head's input over the last axis: C + S (``combine=add``, a direct sum), C + W_s S
+        (``linear``) or [C ; S] (``concat``)."""
+        if self.cfg.combine == "add":
+            return causal + shortcut
         if self.w_s is not None:
             return causal + self.w_s(shortcut)
         return torch.cat([causal, shortcut], dim=-1)
@@ -485,10 +576,10 @@ class MMCI(MSAMethod):
 
     def intervened_inputs(self, out: GraphOutput, perms: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The backdoor pair: C unchanged, each stratum's rows permuted by its own permutation.
-        Returns (C (B, c_dim), [S_intra,pi_intra ; S_inter,pi_inter] (B, n_strata * d))."""
+        Returns (C (B, c_dim), S~ (B, s_dim)): S~_i holds the intra blocks of S_pi_intra(i) and the inter blocks
+        of S_pi_inter(i), in S's layout."""
         device = out.causal.device
-        shuffled = [out.strata[s][perms[s].to(device)] for s in STRATA if s in out.strata]
-        return out.causal, torch.cat(shuffled, dim=-1)
+        return out.causal, out.assemble({s: x[perms[s].to(device)] for s, x in out.strata.items()})
 
     # ----- losses and steps -----
 
@@ -600,7 +691,7 @@ class MMCI(MSAMethod):
     def on_validation_epoch_end(self) -> None:
         spread = None
         if self._valid_buffer:
-            spread = float(torch.cat([h["shortcut"] for _, _, h in self._valid_buffer]).std(correction=0))
+            spread = float(torch.cat([h["shortcut"] for _, _, h, _ in self._valid_buffer]).std(correction=0))
         n_before = len(self.valid_history)
         super().on_validation_epoch_end()
         if len(self.valid_history) == n_before or spread is None:

@@ -2,13 +2,15 @@
 
 ``build_manifest(bundle, SplitConfig(...), dataset=..., dataset_config=...)`` returns the
 manifest as a dict; ``write_manifest`` writes it atomically to
-``<root>/<dataset>/<name>.json``. The manifest holds ids only (no labels, no text), so it can be
-committed; the datamodule sub-selects the standard test split by them (``data.manifests=[...]``).
+``<root>/<dataset>/<name>.json``: ``root`` is the caller's choice, by default the per-user manifest folder
+(:func:`user_manifest_root`); the committed manifests under ``ood_splits/manifests`` are package data, written
+only when a maintainer names that folder (``make splits``). The manifest holds ids only (no labels, no
+text), so it can be committed; the datamodule sub-selects the standard test split by them (``data.manifests=[...]``).
 
 Determinism: the same data, config and seed give a byte-identical file (``json.dumps`` with sorted
-keys, fixed indent, no timestamps, no wall times). ``created_by.git_commit`` records the commit
-(``-dirty`` when tracked files differ from it), so two builds compare byte for byte within one
-commit; across commits only that field may differ.
+keys, fixed indent, no timestamps, no wall times). ``created_by.git_commit`` records the commit of the git
+checkout the command runs in (``-dirty`` when tracked files differ from it; null outside a checkout), so two
+builds compare byte for byte within one commit; across commits only that field may differ.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ MODALITY_SETS: dict[str, tuple[str, ...]] = {
     "tav": ("text", "audio", "vision"),
 }
 PROTOCOL = "gear_subset"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MANIFEST_ROOT = Path(__file__).resolve().parent / "manifests"
+MANIFEST_ROOT = Path(__file__).resolve().parent / "manifests"  # committed manifests: package data, read-only
 ID_SEP = "$_$"
 
 
@@ -247,22 +248,38 @@ def suite_version() -> str:
         return "msa-debias-bench unknown"
 
 
-def git_commit() -> str:
-    """HEAD of the project's repository, ``-dirty`` if tracked files differ from it, else 'unknown'."""
+def git_commit() -> str | None:
+    """HEAD of the git checkout the current working directory is in, ``-dirty`` if tracked files differ from it;
+    None outside a git checkout or without git. Provenance of what the user ran, never of the install folder."""
     try:
+        cwd = Path.cwd()
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=10,
+            check=True,
         ).stdout.strip()
-        return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return head + ("-dirty" if dirty else "") if head else None
+
+
+def user_manifest_root() -> Path:
+    """Where ``msabench splits build`` writes manifests without ``--out``: ``manifests/`` in the per-user data
+    directory (never the installed package)."""
+    from datamodules.dataroot import user_dir
+
+    return user_dir() / "manifests"
+
+
+def is_package_manifest(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies among the committed manifests of the package (``ood_splits/manifests``)."""
+    return Path(path).resolve().is_relative_to(MANIFEST_ROOT.resolve())
 
 
 def _vocabulary_params(vocab: Vocabulary) -> dict[str, Any]:
@@ -285,7 +302,7 @@ def build_manifest(
 
     ``dataset`` is the registry name (the manifest's ``dataset``), ``dataset_config`` its resolved
     config (recorded so the report can reload the same data, and hashed for generated data).
-    ``commit`` overrides the recorded git commit (tests; default: the repository's HEAD).
+    ``commit`` overrides the recorded git commit (tests; default: :func:`git_commit`).
     """
     check_config(cfg)
     test = bundle.test
@@ -403,9 +420,10 @@ def build_and_write(
     *,
     dataset: str,
     dataset_config: dict[str, Any] | None = None,
-    root: str | os.PathLike = MANIFEST_ROOT,
+    root: str | os.PathLike | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """``build_manifest`` then ``write_manifest`` to ``<root>/<dataset>/<name>.json``."""
+    """``build_manifest`` then ``write_manifest`` to ``<root>/<dataset>/<name>.json`` (``root`` None: the per-user
+    manifest folder)."""
     manifest, _, _ = build_manifest(bundle, cfg, dataset=dataset, dataset_config=dataset_config)
-    path = write_manifest(manifest, manifest_path(root, dataset, manifest["name"]))
+    path = write_manifest(manifest, manifest_path(root or user_manifest_root(), dataset, manifest["name"]))
     return path, manifest

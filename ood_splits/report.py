@@ -2,7 +2,9 @@
 
 For a manifest ``<dir>/<name>.json`` the report writes ``<dir>/reports/<name>.report.md``,
 ``.report.json`` and ``.report.png`` (a sibling folder, so ``<dir>/*.json`` stays a list of
-manifests that ``data.manifests=[...]`` can take as it is). It reloads the dataset the manifest
+manifests that ``data.manifests=[...]`` can take as it is); for a committed manifest of the package
+(``ood_splits/manifests``, read-only package data) the default is the per-user manifest folder,
+``<user manifests>/<dataset>/reports/``. It reloads the dataset the manifest
 records (registry name and config), checks that the data is the one the manifest was built
 from, rebuilds the vocabulary with the recorded split config, and shows: subset size; 7-class
 and binary label histograms against the full test split (warning if the binary ratio moves by
@@ -27,10 +29,12 @@ from ood_splits.annealing import Problem, label_sides, objective
 from ood_splits.builder import (
     SplitBuildError,
     build_vocabulary,
+    is_package_manifest,
     load_dataset,
     sha256_lines,
     source_fingerprint,
     split_config_from,
+    user_manifest_root,
     video_of,
 )
 from ood_splits.vocab import tokenize
@@ -376,7 +380,8 @@ def report(
 ) -> list[dict[str, Any]]:
     """Write the report files of every manifest in ``paths`` and return their statistics.
 
-    ``out_dir`` (default: ``reports/`` beside each manifest) receives ``<name>.report.{md,json,png}``;
+    ``out_dir`` (default: ``reports/`` beside each manifest; for a committed package manifest
+    ``<user manifest root>/<dataset>/reports/``) receives ``<name>.report.{md,json,png}``;
     ``bundles`` maps dataset names to already loaded data (else each dataset is loaded from the
     registry with the config the manifest records).
     """
@@ -399,7 +404,12 @@ def report(
             and m.get("test_ids_sha256") == manifest.get("test_ids_sha256")
         }
         stats = analyse(manifest, cache[key], path, others)
-        folder = Path(out_dir) if out_dir else path.parent / REPORT_DIR
+        if out_dir:
+            folder = Path(out_dir)
+        elif is_package_manifest(path):
+            folder = user_manifest_root() / manifest["dataset"] / REPORT_DIR
+        else:
+            folder = path.parent / REPORT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         stem = path.name.removesuffix(".json")
         png = folder / f"{stem}.report.png"

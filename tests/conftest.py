@@ -17,7 +17,12 @@ from datamodules.schema import Batch, FeatureSpec  # noqa: E402
 from datamodules.synthetic import SyntheticConfig, generate  # noqa: E402
 from methods.backbone import FusionConfig  # noqa: E402
 
-SHARED_DATA = Path(os.environ.get("MSABENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+# The real data of a development checkout: ../shared/data beside it, used when MSABENCH_DATA is unset (the product
+# itself never looks there). SHARED_DATA is the folder the tests read; tests that need it skip when it is absent.
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not os.environ.get("MSABENCH_DATA") and _BESIDE.is_dir():
+    os.environ["MSABENCH_DATA"] = str(_BESIDE)
+SHARED_DATA = Path(os.environ.get("MSABENCH_DATA") or _BESIDE)
 
 
 def tiny_synthetic(**overrides) -> SyntheticConfig:

@@ -1,10 +1,13 @@
 """OOD split builder: manifests (deterministic, loadable), validity on the synthetic benchmark, the
-`msabench splits` CLI, and the committed real-data manifests (skipped without ../shared/data)."""
+`msabench splits` CLI (user paths, never the package), provenance, and the committed real-data manifests
+(skipped without the real data)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from ood_splits.builder import (
     SplitConfig,
     build_manifest,
     dumps,
+    git_commit,
     load_dataset,
     manifest_path,
     sha256_lines,
@@ -182,21 +186,68 @@ def test_cli_splits_build_and_report(tmp_path, capsys):
     assert "not a split or dataset key" in capsys.readouterr().err
 
 
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_cli_splits_write_to_the_user_folder_never_the_package(tmp_path, monkeypatch, capsys):
+    """Without --out a build goes to the per-user manifest folder; a report of a committed (package) manifest
+    goes there too; the package's manifests are untouched."""
+    import ood_splits.builder as builder
+    from benchmarks.cli import main
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "msa-debias-bench" / "manifests"
+    assert builder.user_manifest_root() == user
+    before = _tree(MANIFEST_ROOT)
+    data = [o for o in TINY_JOB if o.startswith("synthetic.")]
+    sa = ["split.sa.outer=20", "split.sa.n0=20", "split.sa.chains=2"]
+    assert main(["splits", "build", "dataset=synthetic", *data, *sa, "--report"]) == 0
+    built = user / "synthetic" / "test_nn_text.json"
+    assert f"{built}: 45 of 96" in capsys.readouterr().out
+    assert (user / "synthetic" / "reports" / "test_nn_text.report.md").is_file()
+
+    package = tmp_path / "package_manifests"  # stands in for the installed ood_splits/manifests
+    monkeypatch.setattr(builder, "MANIFEST_ROOT", package)
+    committed = package / "synthetic" / "test_nn_other.json"
+    committed.parent.mkdir(parents=True)
+    shutil.copy(built, committed)
+    assert builder.is_package_manifest(committed) and not builder.is_package_manifest(built)
+    assert main(["splits", "report", str(committed)]) == 0
+    assert (user / "synthetic" / "reports" / "test_nn_other.report.json").is_file()
+    assert not (package / "synthetic" / "reports").exists()
+    assert _tree(MANIFEST_ROOT) == before
+
+
+def test_git_commit_is_the_working_directory_checkout_or_null(tmp_path, monkeypatch):
+    """Provenance is the checkout the user runs in; outside one it is None (JSON null), even though the package
+    itself may lie in a checkout."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    (tmp_path / "plain").mkdir()
+    monkeypatch.chdir(tmp_path / "plain")
+    assert git_commit() is None
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / ".git").exists():
+        monkeypatch.delenv("GIT_CEILING_DIRECTORIES")
+        monkeypatch.chdir(repo)
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", git_commit() or "")
+
+
 # ------------------------------------------------------------------------------------------------
 # committed real-data manifests
 
 
 REAL = [
     ("mosi_text", "test_nn_text", 686),
-    ("mosi_utt", "test_nn_text", 752),
-    ("mosi_utt", "test_nn_audio", 752),
-    ("mosi_utt", "test_nn_vision", 752),
-    ("mosi_utt", "test_nn_tav", 752),
+    ("mosi_utt", "test_nn_text", 618),
+    ("mosi_utt", "test_nn_audio", 618),
+    ("mosi_utt", "test_nn_vision", 618),
+    ("mosi_utt", "test_nn_tav", 618),
     pytest.param("mosei_text", "test_nn_text", 4653, marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data absent: {SHARED_DATA}")
 @pytest.mark.parametrize("dataset, name, n_test", REAL)
 def test_committed_real_manifest_loads(dataset, name, n_test):
     path = manifest_path(MANIFEST_ROOT, dataset, name)

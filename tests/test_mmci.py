@@ -26,6 +26,9 @@ def _cfg(**overrides) -> MMCIConfig:
     return cfg
 
 
+LEGACY = {"readout": "unsplit", "combine": "linear", "shortcut_loss": "const"}
+
+
 def _model_and_batch(modalities=("text", "audio", "vision"), n=12, **overrides) -> tuple[MMCI, Batch]:
     torch.manual_seed(0)
     bundle = generate(tiny_synthetic(modalities=list(modalities)))
@@ -62,10 +65,15 @@ def test_relations_match_the_modality_subset(modalities, names, strata):
         out = model.graph_forward(batch)
     assert list(out.alpha) == names
     assert out.causal.shape == (len(batch), len(names) * 16)
-    assert out.shortcut.shape == (len(batch), strata * 16)
+    assert out.shortcut.shape == out.causal.shape, "S lives in C's layout (readout=split)"
     assert set(out.strata) == ({"intra", "inter"} if strata == 2 else {"intra"})
-    assert model.w_s.in_features == strata * 16 and model.w_s.out_features == len(names) * 16
+    assert model.w_s is None, "combine=add is a direct sum: nothing learnable can switch the intervention off"
     assert len(model.graph.layers[0].relations) == len(names)
+    legacy, _ = _model_and_batch(modalities, **LEGACY)
+    with torch.no_grad():
+        old = legacy.graph_forward(batch)
+    assert old.shortcut.shape == (len(batch), strata * 16)
+    assert legacy.w_s.in_features == strata * 16 and legacy.w_s.out_features == len(names) * 16
     with torch.no_grad():
         heads = model.predict_heads(batch)
     assert set(heads) == {"causal", "shortcut", "intervened"}
@@ -94,12 +102,63 @@ def test_permutation_changes_only_the_shortcut_partner():
     for p in perms.values():
         assert torch.equal(torch.sort(p).values, torch.arange(len(batch))) and not torch.equal(p, torch.arange(16))
     torch.testing.assert_close(causal, out.causal, rtol=0, atol=0)
-    torch.testing.assert_close(shuffled[:, :16], out.strata["intra"][perms["intra"]], rtol=0, atol=0)
-    torch.testing.assert_close(shuffled[:, 16:], out.strata["inter"][perms["inter"]], rtol=0, atol=0)
+    assert shuffled.shape == causal.shape
+    intra, inter = out.shortcut[:, : 3 * 16], out.shortcut[:, 3 * 16 :]
+    torch.testing.assert_close(shuffled[:, : 3 * 16], intra[perms["intra"]], rtol=0, atol=0)
+    torch.testing.assert_close(shuffled[:, 3 * 16 :], inter[perms["inter"]], rtol=0, atol=0)
     with torch.no_grad():
         shuffled_pred = model.f_int(model.combine(causal, shuffled))
         plain_pred = model.f_int(model.combine(out.causal, out.shortcut))
     assert not torch.allclose(shuffled_pred, plain_pred), "the partner enters the intervened head"
+    torch.testing.assert_close(model.combine(causal, shuffled), causal + shuffled, rtol=0, atol=0)
+
+
+
+def test_summed_readout_keeps_s_in_c_layout_and_permutes_each_stratum():
+    model, batch = _model_and_batch(n=10, aggregate="sum")
+    model.eval()
+    with torch.no_grad():
+        out = model.graph_forward(batch)
+        perms = {"intra": torch.arange(10).roll(1), "inter": torch.arange(10).flip(0)}
+        causal, shuffled = model.intervened_inputs(out, perms)
+    assert causal.shape == out.shortcut.shape == (10, 16)
+    torch.testing.assert_close(out.shortcut, out.strata["intra"] + out.strata["inter"])
+    torch.testing.assert_close(shuffled, out.strata["intra"][perms["intra"]] + out.strata["inter"][perms["inter"]])
+
+def _saturate_node_attention(model: MMCI, causal: float) -> None:
+    """Make the node MLP output beta^c = ``causal`` exactly (0 or 1) for every node, whatever the input."""
+    last = model.graph.layers[0].node[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1e4, -1e4]) if causal else torch.tensor([-1e4, 1e4]))
+
+
+@pytest.mark.parametrize("layout", ["split", "unsplit"])
+def test_causal_branch_sees_node_states_only_through_beta_c(layout):
+    """Split layout (CAL): the causal vector's only path from the node states h is x^c = beta^c h. With beta^c = 0
+    exactly, dC/dh is exactly 0 while dS/dh is not; with beta^c = 1, dS/dh is 0. The earlier layout adds the
+    unsplit h to both readouts, so C depends on h whatever beta says."""
+    model, batch = _model_and_batch(n=8, **({} if layout == "split" else LEGACY))
+    model.eval()
+    with torch.no_grad():
+        nodes = model.nodes(batch)
+    for causal_share, silent, live in ((0.0, "causal", "shortcut"), (1.0, "shortcut", "causal")):
+        _saturate_node_attention(model, causal_share)
+        leaves = {m: x.clone().requires_grad_(True) for m, x in nodes.items()}
+        out = model.graph(leaves)
+        assert all(torch.equal(b[..., 0], torch.full_like(b[..., 0], causal_share)) for b in out.beta.values())
+        vectors = {"causal": out.causal, "shortcut": out.shortcut}
+        grads = {
+            name: torch.autograd.grad(vec.pow(2).sum(), list(leaves.values()), retain_graph=True)
+            for name, vec in vectors.items()
+        }
+        assert all(g.abs().sum() > 0 for g in grads[live]), f"{live} must depend on the node states"
+        if layout == "split":
+            assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[silent]), (
+                f"beta^{silent[0]} = 0: the {silent} branch must not see the unsplit node state"
+            )
+        else:
+            assert all(g.abs().sum() > 0 for g in grads[silent]), "the unsplit residual leaks h into both branches"
 
 
 def _grads(model: MMCI, batch: Batch, perms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,11 +267,14 @@ def test_bad_config_names_the_field():
         MMCI(spec, _cfg(nodes_per_modality=0))
     with pytest.raises(ValueError, match="mmci.inference=expectation needs mmci.stratify=memory"):
         MMCI(spec, _cfg(inference="expectation"))
+    with pytest.raises(ValueError, match="mmci.combine=add .* needs S in C's layout"):
+        MMCI(spec, _cfg(readout="unsplit"))
 
 
 def test_optimiser_groups_follow_mmci_defaults():
     cfg = MMCIConfig()
     assert cfg.optim.accumulate == 1 and cfg.lambda_s == cfg.lambda_int == 0.5
+    assert (cfg.readout, cfg.combine, cfg.shortcut_loss) == ("split", "add", "kl_uniform"), "METHODS §5.3 defaults"
     model, _ = _model_and_batch()
     opt = model.configure_optimizers()
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}

@@ -1,4 +1,5 @@
-"""The real MOSI / MOSEI data in ../shared/data (or $MSABENCH_DATA): splits, ids, labels, no leakage.
+"""The real MOSI / MOSEI data under the data root ($MSABENCH_DATA; tests/conftest.py points it at ../shared/data
+beside a development checkout): splits, ids, labels, no leakage.
 
 Every test skips with a reason when the files are absent. Tests of ``mosi_text`` / ``mosei_text``
 tokenise only (``features=False``) with the packaged tokenizer, so they stay fast; the full MiniLM
@@ -8,18 +9,19 @@ encoding is the ``slow`` test at the end.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datamodules import get_dataset
+from datamodules.dataroot import data_root, user_dir
 from datamodules.encoder import packaged_minilm_dir
 from datamodules.transcripts import (
     CSD_FILE,
     MOSITextConfig,
     TranscriptConfig,
-    data_root,
     load_transcripts,
     read_csd_labels,
     read_label_csv,
@@ -76,10 +78,12 @@ def test_mosi_utt_split_by_videos_without_leakage():
     b = load_mosi_utterance(UtteranceConfig())
     raw = np.load(ROOT / "mosi" / UTTERANCE_FILE, allow_pickle=False)
     n_train_bclstm = int((raw["split_bclstm"] == "train").sum())
-    assert len(b.train) + len(b.valid) == n_train_bclstm == 1447 and len(b.test) == 752
+    # Default: validation = 20 % of the split_bclstm *test* videos (clean features), the rest is test.
+    assert len(b.train) == n_train_bclstm == 1447 and len(b.valid) + len(b.test) == 752
+    assert (len(b.valid), len(b.test)) == (134, 618)
     train_v, valid_v, test_v = videos(b.train.ids), videos(b.valid.ids), videos(b.test.ids)
     assert not (valid_v & train_v) and not (valid_v & test_v) and not (train_v & test_v)
-    assert len(valid_v) == round(0.1 * (len(train_v) + len(valid_v))) == 6 and len(test_v) == 31
+    assert len(valid_v) == round(0.2 * (len(test_v) + len(valid_v))) == 6 and len(test_v) == 25
     std_test = set(raw["clip_id"][raw["split_std"] == "test"].tolist())
     assert {i.replace("$_$", "_") for i in b.test.ids} != std_test  # never the standard (leaky) split
     for split in (b.train, b.valid, b.test):
@@ -105,12 +109,18 @@ def test_mosi_utt_validation_is_seeded_and_standardised_with_train_statistics():
     np.testing.assert_array_equal(raw.test.label, a.test.label)
 
 
-def test_mosi_utt_validation_from_test_videos():
+def test_mosi_utt_leaky_validation_only_behind_the_flag_with_a_warning(caplog):
     need(ROOT / "mosi" / UTTERANCE_FILE)
-    b = load_mosi_utterance(UtteranceConfig(valid_from="test"))
-    assert len(b.train) == 1447 and len(b.valid) + len(b.test) == 752
-    assert len(videos(b.valid.ids)) == 3 and len(videos(b.test.ids)) == 28
+    with caplog.at_level(logging.WARNING, logger="datamodules.utterance"):
+        clean = load_mosi_utterance(UtteranceConfig())
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="datamodules.utterance"):
+        b = load_mosi_utterance(UtteranceConfig(valid_from="train"))
+    assert any("valid_from=train" in r.getMessage() and "optimistic" in r.getMessage() for r in caplog.records)
+    assert len(b.train) + len(b.valid) == 1447 and len(b.test) == 752
+    assert len(videos(b.valid.ids)) == 6 and len(videos(b.train.ids)) == 56
     assert not videos(b.valid.ids) & videos(b.test.ids) and not videos(b.valid.ids) & videos(b.train.ids)
+    assert set(clean.test.ids.tolist()) < set(b.test.ids.tolist())
     with pytest.raises(ValueError, match="valid_from must be 'train' or 'test'"):
         load_mosi_utterance(UtteranceConfig(valid_from="std"))
 
@@ -152,16 +162,18 @@ def test_missing_data_is_one_clear_instruction(tmp_path):
         get_dataset("mosi_utt").load(UtteranceConfig(root=str(tmp_path)))
     msg = str(err.value)
     assert str(tmp_path / "mosi" / UTTERANCE_FILE) in msg and "MSABENCH_DATA" in msg and "mosi_utt.root" in msg
+    assert f"`msabench data fetch mosi_utt --root {tmp_path}`" in msg and "--from DIR" in msg
     with pytest.raises(FileNotFoundError, match="mosei_text.root") as err:
         get_dataset("mosei_text").load(TranscriptConfig(root=str(tmp_path)))
-    assert str(tmp_path / "mosei" / "label.csv") in str(err.value)
+    msg = str(err.value)
+    assert str(tmp_path / "mosei" / "label.csv") in msg and "msabench data fetch mosei_text" in msg
 
 
 def test_data_root_follows_config_then_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MSABENCH_DATA", str(tmp_path / "env"))
     assert data_root() == tmp_path / "env" and data_root(str(tmp_path / "cfg")) == tmp_path / "cfg"
     monkeypatch.delenv("MSABENCH_DATA")
-    assert data_root() == Path(__file__).resolve().parents[2] / "shared" / "data"
+    assert data_root() == user_dir(), "no fallback beside the checkout: the per-user data directory"
 
 
 def test_presets_mosi_family_only():
