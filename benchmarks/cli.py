@@ -692,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (ValueError, KeyError, OSError, RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         # user input (a bad file, key or value, a full disk) or a failed job: one line naming it, no traceback
-        print(f"msabench {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # a KeyError's str() adds quotes
+        print(f"msabench {args.command}: error: {' '.join(str(text).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl+C: say what was kept, exit like a shell (128 + SIGINT)
         print(f"msabench {args.command}: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)

@@ -103,16 +103,15 @@ def _prepare_dir(run_dir: Path, overwrite: bool) -> Path:
 def _move_into_place(staging: Path, run_dir: Path) -> None:
     """Make the complete run ``staging`` the run folder ``run_dir``: one rename, or, when ``run_dir`` holds a run being
     replaced, two renames and then the old is removed (a crash in between leaves the old run in ``.<name>.old``,
-    never half of either)."""
-    if not run_dir.exists():
-        os.replace(staging, run_dir)
-        return
+    never half of either; the next completed launch removes it)."""
     old = run_dir.parent / f".{run_dir.name}.old"
+    if run_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(run_dir, old)
+    os.replace(staging, run_dir)
     if old.exists():
         shutil.rmtree(old)
-    os.replace(run_dir, old)
-    os.replace(staging, run_dir)
-    shutil.rmtree(old)
 
 
 def _failure(exc: BaseException, staging: Path, run_dir: Path) -> BaseException:

@@ -104,6 +104,9 @@ def test_selection_start_beyond_budget_keeps_the_run(results, capsys):
         (["seed=-1"], "seed=-1: expected an integer in [0, 4294967295]"),
         (["label=.hidden"], "label='.hidden': expected a plain name"),
         (["model.optim.lr=-1"], "full_key: model.optim.lr"),
+        (["method=baselin"], "error: unknown method 'baselin' (did you mean 'baseline'?)"),
+        (["dataset=synthetc"], "error: unknown dataset 'synthetc' (did you mean 'synthetic'?)"),
+        (["synthetic.biass=0.8"], "Did you mean: 'bias'? full_key: source.biass"),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
 )
