@@ -699,9 +699,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, KeyError, OSError, RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        # user input (a bad file, key or value, a full disk): one line naming it, no traceback
-        print(f"msabench {args.command}: error: {exc}", file=sys.stderr)
+        # user input (a bad file, key or value, a full disk) or a failed job: one line naming it, no traceback
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # a KeyError's str() adds quotes
+        print(f"msabench {args.command}: error: {' '.join(str(text).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl+C: say what was kept, exit like a shell (128 + SIGINT)
+        print(f"msabench {args.command}: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

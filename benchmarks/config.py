@@ -94,6 +94,8 @@ class WandbConfig:
     project: str = "msa-debias-bench"
     entity: str = ""
     group: str = ""
+    # online | offline | disabled; "" = $WANDB_MODE, else offline (runs are written under the run folder's wandb/).
+    mode: str = ""
     # Seconds W&B may take to start (and to finish) a run; past it the job logs a warning and goes on without W&B
     # (an unreachable server otherwise stalls every job for about 100 s).
     timeout_s: float = 10.0
@@ -222,6 +224,13 @@ def build_config(overrides: list[str] | None = None, base: dict[str, Any] | None
                 OmegaConf.update(preset, f"model.{key}", value, force_add=True)
         cfg = OmegaConf.merge(schema, preset, user)
         OmegaConf.resolve(cfg)
+    if not 0 <= cfg.seed < 2**32:
+        raise ValueError(f"seed={cfg.seed}: expected an integer in [0, {2**32 - 1}] (numpy's seed range)")
+    if cfg.label and (cfg.label.startswith(".") or "/" in cfg.label or "\\" in cfg.label):
+        raise ValueError(
+            f"label={cfg.label!r}: expected a plain name (no '/' and no leading '.': the run folder is named after "
+            "it, and hidden folders are never counted)"
+        )
     to_object(cfg.source)  # the dataset config's own checks (e.g. synthetic.scenario) before any data or training
     if method_cls.needs_ground_truth and not getattr(dataset, "has_ground_truth", False):
         raise ValueError(
@@ -299,6 +308,12 @@ def run_dir_for(cfg: DictConfig) -> Path:
         return Path(cfg.output.dir)
     name = f"{cfg.label or cfg.method}-{cfg.dataset}-s{cfg.seed}-{config_hash(cfg)}"
     return Path(cfg.output.root) / cfg.output.sweep / name
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """The hidden sibling ``.<name>.new`` a job trains into; it becomes ``run_dir`` only when complete, so a visible run
+    folder is always a complete one (a failed attempt's staging folder keeps its logs until the job is relaunched)."""
+    return run_dir.parent / f".{run_dir.name}.new"
 
 
 def to_object(node: DictConfig) -> Any:

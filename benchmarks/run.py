@@ -2,7 +2,10 @@
 on every test set and write the run folder (docs: the run folder): ``config.yaml``, ``epochs.npz``,
 ``predictions.csv``, ``result.json``, and ``done`` last (each written to a temporary file, fsynced, renamed;
 ``done`` holds the SHA-256 of ``result.json``). Data and config are loaded and validated before any folder is
-created; a complete run is replaced only by a complete new one. No test set is read before the checkpoint is fixed.
+created. Every job trains into a hidden sibling ``.<name>.new`` that is renamed into place only when complete, so a
+visible run folder is always complete and a complete run is replaced only by a complete new one; a job that fails
+(an exception, a NaN, Ctrl+C, a full disk) leaves the hidden folder with its logs and ``error.txt``, and says where.
+No test set is read before the checkpoint is fixed (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.atomic import atomic_write_bytes, atomic_write_text
-from benchmarks.config import config_hash, run_dir_for, to_object
+from benchmarks.config import config_hash, run_dir_for, staging_dir, to_object
 from benchmarks.environment import environment, git_commit, library_versions
 from datamodules import get_dataset
 from datamodules.datamodule import MSADataModule
@@ -41,6 +47,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class RunExistsError(FileExistsError):
     """The run folder already holds a complete run."""
+
+
+class JobFailedError(RuntimeError):
+    """A job failed while training or writing; the message names the hidden folder that keeps its logs."""
 
 
 class BestState(Callback):
@@ -73,54 +83,101 @@ class BestState(Callback):
 
 
 def _prepare_dir(run_dir: Path, overwrite: bool) -> Path:
-    """The folder a job writes into. A complete run (``done``) is never touched here: with ``overwrite`` the new job
-    writes into a hidden staging sibling (``.<name>.new``) that replaces the old folder only once it is complete
-    (:func:`_swap_in`), so a failing rerun leaves the old results as they were. An incomplete folder is
-    removed and redone."""
+    """The empty hidden staging folder (``.<name>.new``) a job trains into; a stale one, left by a failed or killed
+    attempt, is removed first. A complete run is never touched here (it is replaced by :func:`_move_into_place` once
+    the new one is complete); a visible folder without ``done`` (made by an older version, which trained in place) is
+    removed, so that a failure leaves no visible folder."""
     if (run_dir / "done").exists():
         if not overwrite:
             raise RunExistsError(f"{run_dir} already holds a complete run; set output.overwrite=true to redo it")
-        staging = run_dir.parent / f".{run_dir.name}.new"
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        return staging
-    if run_dir.exists():
+    elif run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    return run_dir
+    staging = staging_dir(run_dir)
+    if staging.exists():
+        log.info("removing %s, left by an earlier attempt of this job", staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
 
 
-def _swap_in(staging: Path, run_dir: Path) -> None:
-    """Replace the complete run ``run_dir`` by the complete run ``staging`` (two renames, then the old is removed;
-    a crash in between leaves the old run in ``.<name>.old``, never half of either)."""
+def _move_into_place(staging: Path, run_dir: Path) -> None:
+    """Make the complete run ``staging`` the run folder ``run_dir``: one rename, or, when ``run_dir`` holds a run being
+    replaced, two renames and then the old is removed (a crash in between leaves the old run in ``.<name>.old``,
+    never half of either; the next completed launch removes it)."""
     old = run_dir.parent / f".{run_dir.name}.old"
+    if run_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(run_dir, old)
+    os.replace(staging, run_dir)
     if old.exists():
         shutil.rmtree(old)
-    os.replace(run_dir, old)
-    os.replace(staging, run_dir)
-    shutil.rmtree(old)
+
+
+def _failure(exc: BaseException, staging: Path, run_dir: Path) -> BaseException:
+    """The exception a failed job raises: one line naming the run folder, what happened and the hidden folder that
+    keeps the attempt's config, logs and ``error.txt`` (the traceback). Ctrl+C stays a KeyboardInterrupt (Lightning
+    turns it into ``SystemExit(1)``; this undoes that)."""
+    interrupted = isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
+    )
+    try:
+        atomic_write_text(staging / "error.txt", "".join(traceback.format_exception(exc)))
+    except OSError:  # a full disk: the message below still says what happened
+        pass
+    what = "was interrupted" if interrupted else f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    kept = "the complete run there is unchanged" if (run_dir / "done").exists() else "no run folder was made"
+    message = (
+        f"{run_dir.name} {what}; {kept}; the attempt's config, logs and error.txt (the traceback) are in {staging}, "
+        "which the next launch of this job removes"
+    )
+    return KeyboardInterrupt(message) if interrupted else JobFailedError(message)
 
 
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
 
-def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
-    """Loggers besides the always-on CSVLogger: ``wandb`` (offline unless WANDB_MODE says otherwise).
+LOGGERS = ("csv", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
 
-    A W&B failure is reported and never fails the job."""
-    unknown = set(cfg.logger) - {"csv", "wandb"}
-    if unknown:
-        raise ValueError(f"logger: unknown entries {sorted(unknown)}; expected a list of csv, wandb")
+
+def wandb_mode(cfg: DictConfig) -> str:
+    """The W&B mode of a job: ``wandb.mode``, else ``$WANDB_MODE``, else ``offline``."""
+    return cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """Refuse, before any data is loaded, a ``logger`` entry or ``wandb.*`` value that would fail later."""
+    from benchmarks.sweep import _closest
+
+    for name in cfg.logger:
+        if name not in LOGGERS:
+            raise ValueError(f"logger: unknown entry {name!r}{_closest(name, list(LOGGERS))}; expected a list of "
+                             f"{', '.join(LOGGERS)}")
+    if cfg.wandb.mode and cfg.wandb.mode not in WANDB_MODES:
+        raise ValueError(
+            f"wandb.mode={cfg.wandb.mode!r}{_closest(cfg.wandb.mode, list(WANDB_MODES))}: expected "
+            f"{', '.join(WANDB_MODES)} (or empty: $WANDB_MODE, else offline)"
+        )
+    if not cfg.wandb.timeout_s > 0:
+        raise ValueError(f"wandb.timeout_s={cfg.wandb.timeout_s}: expected a number of seconds > 0")
+
+
+def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    """Loggers besides the always-on CSVLogger: ``wandb`` (mode: :func:`wandb_mode`).
+
+    W&B must never fail or stall the job: starting (and finishing) a run is bounded by ``wandb.timeout_s``; an
+    unreachable server, a refused key or any other W&B error is one warning saying W&B was skipped and why, and the
+    job goes on with the CSV logger."""
     if "wandb" not in cfg.logger:
         return []
-    os.environ.setdefault("WANDB_MODE", "offline")
+    mode = wandb_mode(cfg)
+    timeout = float(cfg.wandb.timeout_s)
     try:
         import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        timeout = float(cfg.wandb.timeout_s)
         logger = WandbLogger(
             project=cfg.wandb.project,
             entity=cfg.wandb.entity or None,
@@ -128,13 +185,18 @@ def _extra_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
             name=run_dir_for(cfg).name,
             tags=[cfg.method, cfg.dataset, f"seed={cfg.seed}"],
             save_dir=str(run_dir),
-            mode=os.environ["WANDB_MODE"],
+            mode=mode,
             settings=wandb.Settings(init_timeout=timeout, finish_timeout=timeout, login_timeout=timeout),
         )
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
         return [logger]
     except Exception as exc:  # noqa: BLE001 - logging must never fail the job
-        log.warning("W&B logger disabled for %s: %s", run_dir, exc)
+        # one line: W&B's messages span lines and end with advice on init_timeout, which is wandb.timeout_s here
+        reason = " ".join(str(exc).split("Consider increasing")[0].split()) or "no message"
+        log.warning(
+            "W&B skipped for %s: it could not start a run (wandb.mode=%s, wandb.timeout_s=%g): %s: %s; the job goes "
+            "on with the CSV logger only", run_dir_for(cfg).name, mode, timeout, type(exc).__name__, reason,
+        )
         _finish_wandb()
         return []
 
@@ -179,6 +241,7 @@ def run_job(cfg: DictConfig) -> Path:
     start = time.time()
     final_dir = run_dir_for(cfg)
     child = ddp_child()
+    check_loggers(cfg)
     if (final_dir / "done").exists() and not cfg.output.overwrite:
         raise RunExistsError(f"{final_dir} already holds a complete run; set output.overwrite=true to redo it")
     if cfg.trainer.threads > 0:
@@ -190,7 +253,6 @@ def run_job(cfg: DictConfig) -> Path:
     method = get_method(cfg.method)(dm.spec, to_object(cfg.model))
     method.configure_selection(cfg.selection.key)
     recorder = method.enable_epoch_records() if cfg.trainer.record_epochs else None
-    mode = SELECTION_MODES[cfg.selection.key]
     first_epoch = method.first_selectable_epoch()
     if first_epoch >= cfg.trainer.max_epochs:
         raise ValueError(
@@ -198,12 +260,41 @@ def run_job(cfg: DictConfig) -> Path:
             f"gear.select_after_swap=true) but trainer.max_epochs={cfg.trainer.max_epochs}; raise max_epochs or "
             "lower that start"
         )
-    # Data and config are loaded and valid: only now is a folder created (or a complete one staged for replacing).
-    if child:
-        run_dir = Path(tempfile.mkdtemp(prefix="msabench-ddp-rank-"))
-    else:
-        run_dir = _prepare_dir(final_dir, cfg.output.overwrite)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    trainer, best = _make_trainer(cfg, method, first_epoch)
+    if child:  # a DDP rank > 0 trains its shard in a scratch folder and writes no run file
+        scratch = Path(tempfile.mkdtemp(prefix="msabench-ddp-rank-"))
+        try:
+            _fit_and_write(cfg, dm, method, trainer, best, recorder, first_epoch, scratch, start, write=False)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return final_dir
+    # Data, config and trainer settings are loaded and valid: only now is a (hidden) folder created.
+    staging = _prepare_dir(final_dir, cfg.output.overwrite)
+    try:
+        _fit_and_write(cfg, dm, method, trainer, best, recorder, first_epoch, staging, start)
+        _move_into_place(staging, final_dir)
+    except BaseException as exc:  # noqa: BLE001 - Ctrl+C too: every failure names the folder that keeps its logs
+        raise _failure(exc, staging, final_dir) from exc
+    return final_dir
+
+
+def _restore_sigint(handler: Any) -> None:
+    """Lightning ignores Ctrl+C for good after catching one (its graceful shutdown); give it back to the jobs this
+    process runs next (a serial sweep)."""
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+
+
+def _make_trainer(cfg: DictConfig, method: L.LightningModule, first_epoch: int) -> tuple[L.Trainer, BestState]:
+    """The job's Trainer (its loggers are attached once the run folder exists) and the best-epoch keeper. Trainer
+    settings Lightning refuses (an accelerator or precision it does not know or cannot find) are one line naming the
+    keys, before any folder is made."""
+    if not cfg.trainer.limit_train_batches > 0:
+        raise ValueError(
+            f"trainer.limit_train_batches={cfg.trainer.limit_train_batches}: expected a fraction in (0, 1] or a "
+            "number of batches >= 1 (0 trains nothing)"
+        )
+    mode = SELECTION_MODES[cfg.selection.key]
     best = BestState(mode, first_epoch)
     callbacks: list[Callback] = [best]
     if cfg.trainer.early_stop:
@@ -212,24 +303,51 @@ def run_job(cfg: DictConfig) -> Path:
         )
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    loggers = [CSVLogger(str(run_dir), name="logs", version=""), *_extra_loggers(cfg, run_dir)]
-    trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
-        min_epochs=max(cfg.trainer.min_epochs, first_epoch + 1),
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        strategy=cfg.trainer.strategy,
-        precision=cfg.trainer.precision,
-        accumulate_grad_batches=method.cfg.optim.accumulate,
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        callbacks=callbacks,
-        logger=loggers,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.progress_bar,
-        log_every_n_steps=10,
-    )
+    try:
+        trainer = L.Trainer(
+            max_epochs=cfg.trainer.max_epochs,
+            min_epochs=max(cfg.trainer.min_epochs, first_epoch + 1),
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            strategy=cfg.trainer.strategy,
+            precision=cfg.trainer.precision,
+            accumulate_grad_batches=method.cfg.optim.accumulate,
+            limit_train_batches=cfg.trainer.limit_train_batches,
+            callbacks=callbacks,
+            logger=False,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=cfg.trainer.progress_bar,
+            log_every_n_steps=10,
+        )
+    except Exception as exc:  # noqa: BLE001 - Lightning raises several types for settings it refuses
+        raise ValueError(
+            f"trainer.accelerator={cfg.trainer.accelerator!r}, trainer.devices={cfg.trainer.devices}, "
+            f"trainer.strategy={cfg.trainer.strategy!r}, trainer.precision={cfg.trainer.precision!r}: Lightning "
+            f"refuses them ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        ) from exc
+    return trainer, best
+
+
+def _fit_and_write(
+    cfg: DictConfig,
+    dm: MSADataModule,
+    method: L.LightningModule,
+    trainer: L.Trainer,
+    best: BestState,
+    recorder: Any,
+    first_epoch: int,
+    run_dir: Path,
+    start: float,
+    *,
+    write: bool = True,
+) -> None:
+    """Train, select, test and write every file of the run folder into ``run_dir`` (``done`` last); ``write=False``
+    (a DDP rank > 0) stops after training and testing."""
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    trainer.loggers = [CSVLogger(str(run_dir), name="logs", version=""), *_extra_loggers(cfg, run_dir)]
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -241,11 +359,11 @@ def run_job(cfg: DictConfig) -> Path:
             best.restore(method)
             trainer.test(method, datamodule=dm, verbose=False)
     finally:
+        _restore_sigint(sigint)
         if "wandb" in cfg.logger:
             _finish_wandb()
-    if child:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return final_dir
+    if not write:
+        return
 
     rows = []
     for name in dm.test_set_names:
@@ -289,7 +407,3 @@ def run_job(cfg: DictConfig) -> Path:
     _write_json(run_dir / "result.json", result)
     result_sha = hashlib.sha256((run_dir / "result.json").read_bytes()).hexdigest()
     atomic_write_text(run_dir / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nresult.json sha256 {result_sha}\n")
-    if run_dir != final_dir:
-        _swap_in(run_dir, final_dir)
-        run_dir = final_dir
-    return run_dir

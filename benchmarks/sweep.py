@@ -3,9 +3,10 @@ process pool, or on Slurm through submitit.
 
 A job is a list of config overrides; its run folder is named by a hash of its resolved config
 (DomainBed's idea), so relaunching a sweep runs only what is missing. States: ``not launched``
-(no folder), ``incomplete`` (a folder without ``done``; redone on the next launch) and ``done``
+(no folder), ``incomplete`` (a run folder without ``done``, or the hidden ``.<name>.new`` folder a job
+trains into, left by a running, failed or killed attempt; redone on the next launch) and ``done``
 (``done`` is written last by `benchmarks.run.run_job`). A sweep killed midway loses at most the
-jobs that were running; their folders hold no ``done`` and are redone from scratch.
+jobs that were running; they never reached their visible folder and are redone from scratch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 
-from benchmarks.config import Kind, build_config, checked_choices, run_dir_for
+from benchmarks.config import Kind, build_config, checked_choices, run_dir_for, staging_dir
 from methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -206,9 +207,10 @@ def expand(sweep: SweepConfig) -> list[Job]:
 
 
 def state(job: Job) -> str:
+    """``done``, ``incomplete`` (a folder without ``done``, visible or the hidden staging one) or ``not launched``."""
     if (job.run_dir / "done").is_file():
         return "done"
-    return "incomplete" if job.run_dir.exists() else "not launched"
+    return "incomplete" if job.run_dir.exists() or staging_dir(job.run_dir).exists() else "not launched"
 
 
 def status(jobs: list[Job]) -> dict[str, list[Job]]:
@@ -220,12 +222,15 @@ def status(jobs: list[Job]) -> dict[str, list[Job]]:
 
 
 def delete_incomplete(jobs: list[Job]) -> list[Path]:
-    """Remove the folders of incomplete jobs (never a folder with ``done``)."""
+    """Remove the folders of incomplete jobs, the hidden staging folders of failed attempts included (never a folder
+    with ``done``)."""
     removed = []
     for job in jobs:
         if state(job) == "incomplete":
-            shutil.rmtree(job.run_dir)
-            removed.append(job.run_dir)
+            for folder in (job.run_dir, staging_dir(job.run_dir)):
+                if folder.exists():
+                    shutil.rmtree(folder)
+                    removed.append(folder)
     return removed
 
 

@@ -18,6 +18,7 @@ load), ``mosi_text`` / ``mosei_text`` the real transcripts with the offline text
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -228,7 +229,9 @@ def get_dataset(name: str) -> DatasetEntry:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; registered datasets: {', '.join(DATASETS)}") from None
+        match = difflib.get_close_matches(str(name), list(DATASETS), n=1)
+        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        raise KeyError(f"unknown dataset {name!r}{hint}; registered datasets: {', '.join(DATASETS)}") from None
 
 
 __all__ = [

