@@ -95,7 +95,7 @@ class WandbConfig:
     entity: str = ""
     group: str = ""
     # online | offline | disabled; "" = $WANDB_MODE, else offline (runs are written under the run folder's wandb/).
-    mode: str = ""
+    mode: Literal["", "online", "offline", "disabled"] = ""
     # Seconds W&B may take to start (and to finish) a run; past it the job logs a warning and goes on without W&B
     # (an unreachable server otherwise stalls every job for about 100 s).
     timeout_s: float = 10.0
