@@ -120,6 +120,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.optim.impl": "foreach",
     "trainer.early_stop": True,
     "trainer.record_epochs": True,
+    "model.iv.pull_c": False,
 }
 KINDS = ("method", "reference", "oracle")
 FIXED_SECTIONS = (

@@ -10,7 +10,11 @@ C = m * M and a shortcut part S = (1 - m) * M. Training combines
 * backdoor recombination: f_int(C_i + S_pi(i)) must still predict y_i for a random permutation pi;
 * the instrumental-variable (IV) constraint: C must be recoverable from the instrument
   V = sg([z_t; z_a; z_v]) by a 2-layer MLP g, and f_c(g(V)) must predict y. Both V and the
-  regression target sg(C) are detached, so L_IV trains only g and f_c (two-stage least squares).
+  regression target sg(C) are detached, so L_IV trains only g and f_c (two-stage least squares):
+  it cannot change the encoders, the fusion or the mask. The labelled variant ``iv.pull_c=true``
+  (METHODS.md §6.2) keeps C attached in the stage-1 term ||g(V) - C||^2, so "global consistency"
+  pulls the causal part toward what the instrument explains and its gradient reaches the mask and
+  the fusion (and, through them, the encoders).
 
 Every open choice is a field of `CaMIBConfig` with the default of METHODS.md §6.3. Evaluation uses
 f_c(C) (``inference=causal``) or f_int(C + S) (``intervened``); every head's valid MAE is logged.
@@ -49,13 +53,16 @@ class IVConfig:
     ``instrument``: ``ib_latents`` V = sg([z_t; z_a; z_v]); ``shuffled_modality`` the same with one
     modality's block permuted across the batch in training (``shuffle_modality``: a modality name,
     or ``random`` for one drawn per batch); ``prototypes`` V = attention of sg(z) over a learned bank
-    of ``prototypes`` global vectors. ``hidden`` is the width of g's hidden layer.
+    of ``prototypes`` global vectors. ``hidden`` is the width of g's hidden layer. ``pull_c``: false (default)
+    detaches C in the stage-1 term ||g(V) - sg(C)||^2, so L_IV trains only g and f_c; true keeps C attached, so
+    the term also pulls C (the mask and the fusion) toward g(V).
     """
 
     instrument: str = "ib_latents"
     hidden: int = 64
     shuffle_modality: str = "random"
     prototypes: int = 16
+    pull_c: bool = False
 
 
 @dataclass
@@ -349,7 +356,7 @@ class CaMIB(MSAMethod):
         """Every term of METHODS.md §6.2 (unweighted) plus the weighted total under ``loss``.
 
         ``iv_reg`` is the squared L2 norm ||C_hat - sg(C)||^2 summed over the d_M features and
-        averaged over the batch.
+        averaged over the batch (C not detached under ``iv.pull_c``).
         """
         cfg, y = self.cfg, batch.label
         out = self.forward_parts(batch)
@@ -375,7 +382,8 @@ class CaMIB(MSAMethod):
         perm = self._randperm(len(batch), y.device)
         terms["bd"] = (self._score(self.f_int, recombine(out.causal, out.shortcut, perm)) - y).abs().mean()
         c_hat = self.iv_net(self.instrument(out))
-        terms["iv_reg"] = (c_hat - out.causal.detach()).pow(2).sum(-1).mean()
+        target = out.causal if cfg.iv.pull_c else out.causal.detach()
+        terms["iv_reg"] = (c_hat - target).pow(2).sum(-1).mean()
         terms["iv_label"] = (self._score(self.f_c, c_hat) - y).abs().mean()
         terms["iv"] = terms["iv_reg"] + terms["iv_label"]
         terms["mask"] = (out.mask.mean() - cfg.rho).abs()
