@@ -6,7 +6,7 @@ Adding a method touches its module, one line here, and one README row.
 from __future__ import annotations
 
 from methods.base import MethodConfig, MSAMethod
-from methods.baseline import Baseline
+from methods.baseline import Baseline, BaselineSeq
 from methods.camib import CaMIB
 from methods.clue import Clue
 from methods.gear import Gear
@@ -19,6 +19,7 @@ from methods.rubi import Rubi
 
 METHODS: dict[str, type[MSAMethod]] = {
     "baseline": Baseline,
+    "baseline_seq": BaselineSeq,
     "gear": Gear,
     "mmci": MMCI,
     "camib": CaMIB,

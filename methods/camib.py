@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.schema import Batch, FeatureSpec
-from methods.backbone import build_encoder, masked_mean
+from methods.backbone import build_encoder
 from methods.base import MethodConfig, MSAMethod
-from methods.seq_encoders import build_seq_encoder
+from methods.seq_encoders import PooledSequenceEncoder
 
 SIGMA_SHIFT = 5.0  # MIB: sigma = softplus(Linear(.) - 5), so the posterior starts nearly deterministic
 LOG_EPS = 1e-12  # floor inside log(sigma), for numerical safety only
@@ -184,21 +184,6 @@ class TransformerFuse(nn.Module):
         return self.out(self.transformer(torch.stack(latents, dim=1)).flatten(1))
 
 
-class PooledSequenceEncoder(nn.Module):
-    """``encoder=seq``: a §5.1 sequence encoder, masked mean over its valid steps -> (B, seq_d)."""
-
-    def __init__(self, modality: str, spec: FeatureSpec, cfg: CaMIBConfig) -> None:
-        super().__init__()
-        self.encoder = build_seq_encoder(
-            modality, spec, cfg.seq_d, cfg.backbone.text, layers=cfg.seq_layers, heads=cfg.seq_heads,
-            ff=cfg.seq_ff_mult * cfg.seq_d, dropout=cfg.seq_dropout, kernel=cfg.seq_kernel,
-        )
-
-    def forward(self, batch: Batch) -> Tensor:
-        states, mask = self.encoder(batch)
-        return masked_mean(states, mask)
-
-
 @dataclass
 class CaMIBOutput:
     """Everything one forward pass produces (per-modality dicts keyed by modality name)."""
@@ -260,7 +245,13 @@ class CaMIB(MSAMethod):
             self.encoders = nn.ModuleDict({m: build_encoder(m, dims, cfg.backbone) for m in self.modalities})
             d_h = cfg.backbone.dim
         else:
-            self.encoders = nn.ModuleDict({m: PooledSequenceEncoder(m, dims, cfg) for m in self.modalities})
+            self.encoders = nn.ModuleDict({
+                m: PooledSequenceEncoder(
+                    m, dims, cfg.seq_d, cfg.backbone.text, layers=cfg.seq_layers, heads=cfg.seq_heads,
+                    ff=cfg.seq_ff_mult * cfg.seq_d, dropout=cfg.seq_dropout, kernel=cfg.seq_kernel,
+                )
+                for m in self.modalities
+            })
             d_h = cfg.seq_d
         d_z, d_m, n = d_h, cfg.d_M, len(self.modalities)
         self.vib = nn.ModuleDict({m: _tag(VIB(d_h, d_z, cfg.vib_hidden), "modality") for m in self.modalities})

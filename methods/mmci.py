@@ -39,22 +39,12 @@ from torch import Tensor, nn
 
 from datamodules.schema import Batch, FeatureSpec
 from methods.base import MethodConfig, MSAMethod, OptimConfig
-from methods.seq_encoders import build_seq_encoder
+from methods.seq_encoders import build_seq_encoder, seq_optim
 
 SHORT_NAMES = {"text": "t", "audio": "a", "vision": "v"}
 STRATA = ("intra", "inter")
 KL_BINS = 7
 READOUTS = ("split", "unsplit")
-
-
-def _mmci_optim() -> OptimConfig:
-    """METHODS.md §5.3: fine-tuned text encoder as §2 (lr 5e-5, wd 1e-3); everything else Adam 1e-3, wd 0;
-    no gradient accumulation. The LSTM groups are unused by MMCI and kept only so every group has a value."""
-    return OptimConfig(
-        lr={"text_encoder": 5e-5, "audio_lstm": 1e-3, "vision_lstm": 1e-3, "modality": 1e-3, "head": 1e-3},
-        weight_decay={"text_encoder": 1e-3, "audio_lstm": 0.0, "vision_lstm": 0.0, "modality": 0.0, "head": 0.0},
-        accumulate=1,
-    )
 
 
 @dataclass
@@ -114,7 +104,7 @@ class MMCIConfig(MethodConfig):
     lambda_int: float = 0.5
     inference: str = "intervened"
     head_dropout: float = 0.1
-    optim: OptimConfig = field(default_factory=_mmci_optim)
+    optim: OptimConfig = field(default_factory=seq_optim)
 
 
 _CHOICES = {
