@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.schema import Batch, FeatureSpec
+from datamodules.schema import MODALITIES, Batch, FeatureSpec
 from methods.backbone import build_encoder
 from methods.base import MethodConfig, MSAMethod
+from methods.bias_id import shortcut_modalities
 from methods.seq_encoders import PooledSequenceEncoder
 
 SIGMA_SHIFT = 5.0  # MIB: sigma = softplus(Linear(.) - 5), so the posterior starts nearly deterministic
@@ -44,6 +45,7 @@ MASKS = ("sigmoid", "hard_concrete")
 SHORTCUT_LOSSES = ("const", "grl")
 INSTRUMENTS = ("ib_latents", "shuffled_modality", "prototypes")
 INFERENCE_HEADS = ("causal", "intervened")
+DIAG_TOP_DIMS = 8  # how many fused dimensions the mask diagnostic reads per ground-truth shortcut
 
 
 @dataclass
@@ -428,3 +430,66 @@ class CaMIB(MSAMethod):
             values[f"kl_{m}"] = gaussian_kl(out.mu[m], out.sigma[m])
             values[f"sigma_{m}"] = out.sigma[m].mean()
         self.log_diagnostics(values, prefix="val/", on_step=False, batch_size=len(batch))
+
+    def mechanism_diagnostics(self, dm: Any) -> dict[str, Any]:
+        """Does the mask keep the shortcut out of C? At the selected weights, on IID valid and every test set:
+        ``mask_mean`` over all fused dimensions and, for each modality that carries a ground-truth shortcut
+        (synthetic data), under ``shortcut.<modality>``: the ``DIAG_TOP_DIMS`` fused dimensions most correlated
+        with its shortcut sign z_m given the label (partial correlation, so a dimension that tracks y is not
+        counted just because z agrees with y in IID data), their mean |partial correlation| (``z_abs_pcorr``), the
+        mean mask on them (``mask_on_z_dims``) and, for contrast, on the dimensions most correlated with y
+        (``mask_on_y_dims``). A mask that removes the shortcut has ``mask_on_z_dims`` well below
+        ``mask_on_y_dims``."""
+        sets: dict[str, dict[str, Any]] = {}
+        for name in ("valid", *dm.test_set_names):
+            fused, masks, labels, zs = [], [], [], []
+            for batch in self.eval_batches(dm, name):
+                out = self.forward_parts(batch)
+                fused.append(out.fused.double().cpu())
+                masks.append(out.mask.double().cpu())
+                labels.append(batch.label.double().cpu())
+                if batch.z is not None:
+                    zs.append(batch.z.double().cpu())
+            fused_t, mask_t, y = torch.cat(fused), torch.cat(masks), torch.cat(labels)
+            entry: dict[str, Any] = {"mask_mean": float(mask_t.mean()), "n": int(y.numel())}
+            z = torch.cat(zs) if zs else None
+            shortcut: dict[str, Any] = {}
+            for m in shortcut_modalities(z):
+                column = z[:, MODALITIES.index(m)]
+                shortcut[m] = mask_on_correlated_dims(fused_t, mask_t, y, column, DIAG_TOP_DIMS)
+            if shortcut:
+                entry["shortcut"] = shortcut
+            sets[name] = entry
+        return {"top_dims": DIAG_TOP_DIMS, "sets": sets}
+
+
+def _residual(x: Tensor, y: Tensor) -> Tensor:
+    """Columns of ``x`` (N, k) minus their least-squares fit on [1, y] (float64)."""
+    design = torch.stack([torch.ones_like(y), y], dim=1)
+    coef = torch.linalg.lstsq(design, x).solution
+    return x - design @ coef
+
+
+def _corr_columns(x: Tensor, v: Tensor) -> Tensor:
+    """Pearson correlation of every column of ``x`` (N, k) with ``v`` (N,); 0 for a constant column."""
+    xc, vc = x - x.mean(0), v - v.mean()
+    denom = xc.norm(dim=0) * vc.norm()
+    return torch.where(denom > 0, (xc * vc[:, None]).sum(0) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+
+
+def mask_on_correlated_dims(fused: Tensor, mask: Tensor, y: Tensor, z: Tensor, k: int) -> dict[str, Any]:
+    """The mask on the ``k`` fused dimensions most correlated with ``z`` given ``y`` (partial correlation), against
+    the ``k`` dimensions most correlated with ``y``; see `CaMIB.mechanism_diagnostics`."""
+    k = min(k, fused.shape[1])
+    pcorr = _corr_columns(_residual(fused, y), _residual(z[:, None], y)[:, 0]).abs()
+    ycorr = _corr_columns(fused, y).abs()
+    z_dims = torch.topk(pcorr, k).indices
+    y_dims = torch.topk(ycorr, k).indices
+    per_dim = mask.mean(0)
+    return {
+        "z_dims": sorted(int(i) for i in z_dims),
+        "z_abs_pcorr": float(pcorr[z_dims].mean()),
+        "mask_on_z_dims": float(per_dim[z_dims].mean()),
+        "y_abs_corr": float(ycorr[y_dims].mean()),
+        "mask_on_y_dims": float(per_dim[y_dims].mean()),
+    }
