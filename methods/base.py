@@ -80,6 +80,9 @@ class MSAMethod(L.LightningModule):
     kind: ClassVar[str] = "method"
     # True for rows that train on the synthetic generator's ground truth (oracle rows): refused on real data.
     needs_ground_truth: ClassVar[bool] = False
+    # The registered row with the same encoders and optimiser but no debiasing, against which the method's own
+    # contribution is read (`msabench compare`): LF-TF methods ``baseline``; MMCI ``baseline_seq``.
+    matched_baseline: ClassVar[str] = "baseline"
     # Whether per-epoch records keep ``predict_heads`` on the test sets too (valid's are always kept): only for a
     # method whose choice on valid is rebuilt from heads (`choice_candidates`, CLUE); for the others it would
     # cost a second forward pass per test batch and nothing reads it.

@@ -451,6 +451,7 @@ class MMCI(MSAMethod):
     """
 
     config_class = MMCIConfig
+    matched_baseline = "baseline_seq"
 
     def __init__(self, dims: FeatureSpec, cfg: MMCIConfig) -> None:
         super().__init__(dims, cfg)
