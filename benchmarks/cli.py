@@ -139,6 +139,27 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from benchmarks.atomic import atomic_write_text
+    from benchmarks.compare import comparisons, comparisons_markdown
+    from benchmarks.leaderboard import build_leaderboard, find_runs
+    from methods import METHODS
+
+    root = Path(args.root)
+    if not root.is_dir() or not find_runs(root)[0]:
+        print(f"msabench compare: no complete run folder (with 'done') under {root}", file=sys.stderr)
+        return 1
+    frame = comparisons(build_leaderboard(root, order=list(METHODS), selection=args.selection))
+    markdown = comparisons_markdown(frame)
+    print(markdown)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out / "compare.md", markdown)
+        atomic_write_text(out / "compare.csv", frame.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+        print(f"wrote {out / 'compare.md'} and {out / 'compare.csv'}")
+    return 0
+
+
 PREPARE_TARGETS = {"encode": ("mosi_text", "mosei_text"), "cache": ("mosi", "mosei", "mmsa")}
 
 
@@ -467,9 +488,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from benchmarks.tuning import describe
+    from benchmarks.tuning import describe, record_choice
 
     print(describe(Path(args.root), args.prefix, args.dataset))
+    if args.out:
+        record_choice(Path(args.root), args.prefix, args.dataset, Path(args.out))
+        print(f"choice recorded in {args.out}")
     return 0
 
 
@@ -676,7 +700,21 @@ def make_parser() -> argparse.ArgumentParser:
     tune.add_argument("root", help="run root of the grid sweep, e.g. runs/jtt_grid")
     tune.add_argument("--prefix", required=True, help="label prefix of the grid's variants, e.g. jtt_")
     tune.add_argument("--dataset", help="only runs of this dataset")
+    tune.add_argument("--out", help="also write the choice (chosen label, overrides, every variant's value) as JSON")
     tune.set_defaults(func=_cmd_tune)
+
+    compare = sub.add_parser(
+        "compare",
+        help="each method against its matched-architecture baseline, and each variant (ablation) against its method",
+        description="Reads the complete runs below ROOT and prints, per dataset, the headline of every method row "
+        "against its matched baseline (MMCI: baseline_seq; LF-TF methods: baseline) and of every method against "
+        "each of its named variants (full - variant: does the term act?), with paired 95 %% intervals over seeds "
+        "and P(> reference).",
+    )
+    compare.add_argument("root", help="run root, e.g. runs/ablations")
+    compare.add_argument("--out", help="also write compare.md and compare.csv into this folder")
+    compare.add_argument("--selection", default="iid_valid", help="post-hoc selection rule (default iid_valid)")
+    compare.set_defaults(func=_cmd_compare)
 
     lst = sub.add_parser("list", help="registered methods and datasets")
     lst.set_defaults(func=_cmd_list)

@@ -213,6 +213,28 @@ def _finish_wandb() -> None:
         log.warning("wandb.finish() failed: %s", exc)
 
 
+def _flat_scalars(tree: Any, prefix: str) -> dict[str, float]:
+    """The numeric leaves of a nested dict as ``prefix/a/b`` -> float (lists and strings are left out)."""
+    if isinstance(tree, dict):
+        out: dict[str, float] = {}
+        for key, value in tree.items():
+            out.update(_flat_scalars(value, f"{prefix}/{key}"))
+        return out
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {prefix: float(tree)}
+    return {}
+
+
+def _log_mechanism(trainer: L.Trainer, mechanism: dict[str, Any]) -> None:
+    """Log the mechanism diagnostics' scalars (``mechanism/<...>``) to every logger of the run, at the last step."""
+    scalars = _flat_scalars(mechanism, "mechanism")
+    if not scalars:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(scalars, step=trainer.global_step)
+        logger.save()
+
+
 def build_datamodule(cfg: DictConfig) -> MSADataModule:
     """The job's datamodule (dataset from the registry, restricted to ``data.modalities``)."""
     source = to_object(cfg.source)
@@ -358,6 +380,8 @@ def _fit_and_write(
             trainer.fit(method, datamodule=dm)
             best.restore(method)
             trainer.test(method, datamodule=dm, verbose=False)
+            mechanism = method.compute_mechanism_diagnostics(dm)
+            _log_mechanism(trainer, mechanism)
     finally:
         _restore_sigint(sigint)
         if "wandb" in cfg.logger:
@@ -397,7 +421,7 @@ def _fit_and_write(
         "test_sets": dm.test_set_names,
         "metrics": {name: method.test_metrics[name] for name in dm.test_set_names},
         "n_samples": {name: int(len(method.test_outputs[name]["index"])) for name in dm.test_set_names},
-        "diagnostics": method.summary(),
+        "diagnostics": {**method.summary(), **({"mechanism": mechanism} if mechanism else {})},
         "versions": library_versions(),
         "environment": environment(torch.get_num_threads()),
         "git_commit": git_commit(),

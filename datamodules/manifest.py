@@ -1,6 +1,6 @@
 """`OODManifest`: the one split-manifest type, validated in one place.
 
-A manifest names an OOD test set and lists the ids of the standard test split it keeps (METHODS.md §4.9). The
+A manifest names an OOD test set and lists the ids of the standard test split it keeps (docs/design.md). The
 split builder (`ood_splits.builder`) writes it, the datamodule (`datamodules.datamodule`) loads it as an extra
 test set, and the split report (`ood_splits.report`) reads it; all three go through :meth:`OODManifest.load` /
 :meth:`OODManifest.from_dict`, so a manifest one of them accepts the others accept too.

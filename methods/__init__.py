@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 
 from methods.base import MethodConfig, MSAMethod
-from methods.baseline import Baseline
+from methods.baseline import Baseline, BaselineSeq
 from methods.camib import CaMIB
 from methods.clue import Clue
 from methods.gear import Gear
@@ -21,6 +21,7 @@ from methods.rubi import Rubi
 
 METHODS: dict[str, type[MSAMethod]] = {
     "baseline": Baseline,
+    "baseline_seq": BaselineSeq,
     "gear": Gear,
     "mmci": MMCI,
     "camib": CaMIB,

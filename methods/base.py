@@ -11,6 +11,7 @@ only split used for selection), evaluation on every named test set, and predicti
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -81,6 +82,9 @@ class MSAMethod(L.LightningModule):
     kind: ClassVar[str] = "method"
     # True for rows that train on the synthetic generator's ground truth (oracle rows): refused on real data.
     needs_ground_truth: ClassVar[bool] = False
+    # The registered row with the same encoders and optimiser but no debiasing, against which the method's own
+    # contribution is read (`msabench compare`): LF-TF methods ``baseline``; MMCI ``baseline_seq``.
+    matched_baseline: ClassVar[str] = "baseline"
     # Whether per-epoch records keep ``predict_heads`` on the test sets too (valid's are always kept): only for a
     # method whose choice on valid is rebuilt from heads (`choice_candidates`, CLUE); for the others it would
     # cost a second forward pass per test batch and nothing reads it.
@@ -133,6 +137,31 @@ class MSAMethod(L.LightningModule):
     def summary(self) -> dict[str, Any]:
         """Method-specific diagnostics of the whole run, written to result.json under ``diagnostics``."""
         return {}
+
+    def mechanism_diagnostics(self, dm: Any) -> dict[str, Any]:
+        """What the method's debiasing mechanism does at the current weights, measured on the sets of the datamodule
+        ``dm`` (``eval_batches``; e.g. MMCI's attention per modality, GEAR's h_b-shuffle probe). Called through
+        `compute_mechanism_diagnostics`, which sets eval mode and no-grad and protects the random generators; the
+        run writes the result to result.json under ``diagnostics.mechanism``. None by default."""
+        return {}
+
+    def compute_mechanism_diagnostics(self, dm: Any) -> dict[str, Any]:
+        """`mechanism_diagnostics` in eval mode, without gradients, inside a fork of the random generators: nothing
+        it draws reaches the run's random stream, so results do not depend on whether it ran."""
+        was_training = self.training
+        self.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                return self.mechanism_diagnostics(dm)
+        finally:
+            self.train(was_training)
+
+    def eval_batches(self, dm: Any, name: str) -> Iterator[Batch]:
+        """Sequential batches of a named set of ``dm`` ('train', 'valid' or a test set) on the method's device,
+        drawn without a DataLoader (no random state is touched)."""
+        for batch in dm.iter_eval_batches(name):
+            yield self.transfer_batch_to_device(batch, self.device, 0)
 
     def predict_heads(self, batch: Batch) -> dict[str, Tensor]:
         """Extra heads to monitor on valid (name -> (B,) predictions); none by default."""

@@ -16,6 +16,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
+from datamodules.schema import MODALITIES as GROUND_TRUTH_ORDER
+
 
 def conflict_flags(z: Tensor, label: Tensor) -> Tensor:
     """Bool (B,): the sample's shortcut disagrees with its label's sign in at least one modality that carries one.
@@ -23,6 +25,15 @@ def conflict_flags(z: Tensor, label: Tensor) -> Tensor:
     ``z`` (B, 3) in {-1, 0, +1} (0: no shortcut in that modality); sign(y) = +1 for y >= 0, else -1."""
     sign = torch.where(label >= 0, 1.0, -1.0).to(z.dtype)
     return ((z != 0) & (z != sign[:, None])).any(dim=1)
+
+
+def shortcut_modalities(z: Tensor | None) -> list[str]:
+    """The modalities whose ground-truth shortcut sign ``z`` (B, 3), text/audio/vision order, is non-zero for some
+    sample: the ones that carry a shortcut (scenario ``single``: one). Empty without ground truth."""
+    if z is None:
+        return []
+    carried = (z != 0).any(dim=0).tolist()
+    return [m for m, flag in zip(GROUND_TRUTH_ORDER, carried) if flag]
 
 
 def auroc(scores: np.ndarray, flags: np.ndarray) -> float:

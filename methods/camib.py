@@ -10,7 +10,11 @@ C = m * M and a shortcut part S = (1 - m) * M. Training combines
 * backdoor recombination: f_int(C_i + S_pi(i)) must still predict y_i for a random permutation pi;
 * the instrumental-variable (IV) constraint: C must be recoverable from the instrument
   V = sg([z_t; z_a; z_v]) by a 2-layer MLP g, and f_c(g(V)) must predict y. Both V and the
-  regression target sg(C) are detached, so L_IV trains only g and f_c (two-stage least squares).
+  regression target sg(C) are detached, so L_IV trains only g and f_c (two-stage least squares):
+  it cannot change the encoders, the fusion or the mask. The labelled variant ``iv.pull_c=true``
+  (docs/algorithms-mmci-camib.md) keeps C attached in the stage-1 term ||g(V) - C||^2, so "global consistency"
+  pulls the causal part toward what the instrument explains and its gradient reaches the mask and
+  the fusion (and, through them, the encoders).
 
 Every open choice is a field of `CaMIBConfig` with the default of docs/algorithms-mmci-camib.md. Evaluation uses
 f_c(C) (``inference=causal``) or f_int(C + S) (``intervened``); every head's valid MAE is logged.
@@ -26,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.schema import Batch, FeatureSpec
-from methods.backbone import build_encoder, masked_mean
+from datamodules.fields import hash_neutral
+from datamodules.schema import MODALITIES, Batch, FeatureSpec
+from methods.backbone import build_encoder
 from methods.base import MethodConfig, MSAMethod
-from methods.seq_encoders import build_seq_encoder
+from methods.bias_id import shortcut_modalities
+from methods.seq_encoders import PooledSequenceEncoder
 
 SIGMA_SHIFT = 5.0  # MIB: sigma = softplus(Linear(.) - 5), so the posterior starts nearly deterministic
 LOG_EPS = 1e-12  # floor inside log(sigma), for numerical safety only
@@ -43,6 +49,7 @@ InferenceHead = Literal["causal", "intervened"]
 ENCODERS, FUSIONS, MASKS, SHORTCUT_LOSSES, INSTRUMENTS, INFERENCE_HEADS = (
     get_args(choice) for choice in (Encoder, FusionKind, MaskKind, ShortcutLoss, Instrument, InferenceHead)
 )
+DIAG_TOP_DIMS = 8  # how many fused dimensions the mask diagnostic reads per ground-truth shortcut
 
 
 @dataclass
@@ -52,13 +59,16 @@ class IVConfig:
     ``instrument``: ``ib_latents`` V = sg([z_t; z_a; z_v]); ``shuffled_modality`` the same with one
     modality's block permuted across the batch in training (``shuffle_modality``: a modality name,
     or ``random`` for one drawn per batch); ``prototypes`` V = attention of sg(z) over a learned bank
-    of ``prototypes`` global vectors. ``hidden`` is the width of g's hidden layer.
+    of ``prototypes`` global vectors. ``hidden`` is the width of g's hidden layer. ``pull_c``: false (default)
+    detaches C in the stage-1 term ||g(V) - sg(C)||^2, so L_IV trains only g and f_c; true keeps C attached, so
+    the term also pulls C (the mask and the fusion) toward g(V).
     """
 
     instrument: Instrument = "ib_latents"
     hidden: int = 64
     shuffle_modality: Literal["random", "text", "audio", "vision"] = "random"
     prototypes: int = 16
+    pull_c: bool = hash_neutral(False)
 
 
 @dataclass
@@ -180,21 +190,6 @@ class TransformerFuse(nn.Module):
         return self.out(self.transformer(torch.stack(latents, dim=1)).flatten(1))
 
 
-class PooledSequenceEncoder(nn.Module):
-    """``encoder=seq``: a sequence encoder (seq_encoders.py), masked mean over its valid steps -> (B, seq_d)."""
-
-    def __init__(self, modality: str, spec: FeatureSpec, cfg: CaMIBConfig) -> None:
-        super().__init__()
-        self.encoder = build_seq_encoder(
-            modality, spec, cfg.seq_d, cfg.backbone.text, layers=cfg.seq_layers, heads=cfg.seq_heads,
-            ff=cfg.seq_ff_mult * cfg.seq_d, dropout=cfg.seq_dropout, kernel=cfg.seq_kernel,
-        )
-
-    def forward(self, batch: Batch) -> Tensor:
-        states, mask = self.encoder(batch)
-        return masked_mean(states, mask)
-
-
 @dataclass
 class CaMIBOutput:
     """Everything one forward pass produces (per-modality dicts keyed by modality name)."""
@@ -256,7 +251,13 @@ class CaMIB(MSAMethod):
             self.encoders = nn.ModuleDict({m: build_encoder(m, dims, cfg.backbone) for m in self.modalities})
             d_h = cfg.backbone.dim
         else:
-            self.encoders = nn.ModuleDict({m: PooledSequenceEncoder(m, dims, cfg) for m in self.modalities})
+            self.encoders = nn.ModuleDict({
+                m: PooledSequenceEncoder(
+                    m, dims, cfg.seq_d, cfg.backbone.text, layers=cfg.seq_layers, heads=cfg.seq_heads,
+                    ff=cfg.seq_ff_mult * cfg.seq_d, dropout=cfg.seq_dropout, kernel=cfg.seq_kernel,
+                )
+                for m in self.modalities
+            })
             d_h = cfg.seq_d
         d_z, d_m, n = d_h, cfg.d_M, len(self.modalities)
         self.vib = nn.ModuleDict({m: _tag(VIB(d_h, d_z, cfg.vib_hidden), "modality") for m in self.modalities})
@@ -352,7 +353,7 @@ class CaMIB(MSAMethod):
         """Every loss term (unweighted) plus the weighted total under ``loss``.
 
         ``iv_reg`` is the squared L2 norm ||C_hat - sg(C)||^2 summed over the d_M features and
-        averaged over the batch.
+        averaged over the batch (C not detached under ``iv.pull_c``).
         """
         cfg, y = self.cfg, batch.label
         out = self.forward_parts(batch)
@@ -378,7 +379,8 @@ class CaMIB(MSAMethod):
         perm = self._randperm(len(batch), y.device)
         terms["bd"] = (self._score(self.f_int, recombine(out.causal, out.shortcut, perm)) - y).abs().mean()
         c_hat = self.iv_net(self.instrument(out))
-        terms["iv_reg"] = (c_hat - out.causal.detach()).pow(2).sum(-1).mean()
+        target = out.causal if cfg.iv.pull_c else out.causal.detach()
+        terms["iv_reg"] = (c_hat - target).pow(2).sum(-1).mean()
         terms["iv_label"] = (self._score(self.f_c, c_hat) - y).abs().mean()
         terms["iv"] = terms["iv_reg"] + terms["iv_label"]
         terms["mask"] = (out.mask.mean() - cfg.rho).abs()
@@ -432,3 +434,66 @@ class CaMIB(MSAMethod):
             values[f"kl_{m}"] = gaussian_kl(out.mu[m], out.sigma[m])
             values[f"sigma_{m}"] = out.sigma[m].mean()
         self.log_diagnostics(values, prefix="val/", on_step=False, batch_size=len(batch))
+
+    def mechanism_diagnostics(self, dm: Any) -> dict[str, Any]:
+        """Does the mask keep the shortcut out of C? At the selected weights, on IID valid and every test set:
+        ``mask_mean`` over all fused dimensions and, for each modality that carries a ground-truth shortcut
+        (synthetic data), under ``shortcut.<modality>``: the ``DIAG_TOP_DIMS`` fused dimensions most correlated
+        with its shortcut sign z_m given the label (partial correlation, so a dimension that tracks y is not
+        counted just because z agrees with y in IID data), their mean |partial correlation| (``z_abs_pcorr``), the
+        mean mask on them (``mask_on_z_dims``) and, for contrast, on the dimensions most correlated with y
+        (``mask_on_y_dims``). A mask that removes the shortcut has ``mask_on_z_dims`` well below
+        ``mask_on_y_dims``."""
+        sets: dict[str, dict[str, Any]] = {}
+        for name in ("valid", *dm.test_set_names):
+            fused, masks, labels, zs = [], [], [], []
+            for batch in self.eval_batches(dm, name):
+                out = self.forward_parts(batch)
+                fused.append(out.fused.double().cpu())
+                masks.append(out.mask.double().cpu())
+                labels.append(batch.label.double().cpu())
+                if batch.z is not None:
+                    zs.append(batch.z.double().cpu())
+            fused_t, mask_t, y = torch.cat(fused), torch.cat(masks), torch.cat(labels)
+            entry: dict[str, Any] = {"mask_mean": float(mask_t.mean()), "n": int(y.numel())}
+            z = torch.cat(zs) if zs else None
+            shortcut: dict[str, Any] = {}
+            for m in shortcut_modalities(z):
+                column = z[:, MODALITIES.index(m)]
+                shortcut[m] = mask_on_correlated_dims(fused_t, mask_t, y, column, DIAG_TOP_DIMS)
+            if shortcut:
+                entry["shortcut"] = shortcut
+            sets[name] = entry
+        return {"top_dims": DIAG_TOP_DIMS, "sets": sets}
+
+
+def _residual(x: Tensor, y: Tensor) -> Tensor:
+    """Columns of ``x`` (N, k) minus their least-squares fit on [1, y] (float64)."""
+    design = torch.stack([torch.ones_like(y), y], dim=1)
+    coef = torch.linalg.lstsq(design, x).solution
+    return x - design @ coef
+
+
+def _corr_columns(x: Tensor, v: Tensor) -> Tensor:
+    """Pearson correlation of every column of ``x`` (N, k) with ``v`` (N,); 0 for a constant column."""
+    xc, vc = x - x.mean(0), v - v.mean()
+    denom = xc.norm(dim=0) * vc.norm()
+    return torch.where(denom > 0, (xc * vc[:, None]).sum(0) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+
+
+def mask_on_correlated_dims(fused: Tensor, mask: Tensor, y: Tensor, z: Tensor, k: int) -> dict[str, Any]:
+    """The mask on the ``k`` fused dimensions most correlated with ``z`` given ``y`` (partial correlation), against
+    the ``k`` dimensions most correlated with ``y``; see `CaMIB.mechanism_diagnostics`."""
+    k = min(k, fused.shape[1])
+    pcorr = _corr_columns(_residual(fused, y), _residual(z[:, None], y)[:, 0]).abs()
+    ycorr = _corr_columns(fused, y).abs()
+    z_dims = torch.topk(pcorr, k).indices
+    y_dims = torch.topk(ycorr, k).indices
+    per_dim = mask.mean(0)
+    return {
+        "z_dims": sorted(int(i) for i in z_dims),
+        "z_abs_pcorr": float(pcorr[z_dims].mean()),
+        "mask_on_z_dims": float(per_dim[z_dims].mean()),
+        "y_abs_corr": float(ycorr[y_dims].mean()),
+        "mask_on_y_dims": float(per_dim[y_dims].mean()),
+    }

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from datamodules.schema import Batch, FeatureSpec
 from methods.backbone import Fusion, build_encoder
 from methods.base import MethodConfig, MSAMethod
+from methods.bias_id import conflict_flags, identification_record
+from methods.metrics import msa_metrics
 from methods.weighting import (
     GmaeVariant,
     WeightDiagnostics,
@@ -242,3 +244,75 @@ class Gear(WeightDiagnostics, MSAMethod):
         }
         self.log_weighting(values, out.weights, len(batch), batch=batch)
         return out.loss
+
+    # ----- mechanism diagnostics -----
+
+    def mechanism_diagnostics(self, dm: Any) -> dict[str, Any]:
+        """At the selected weights (eval mode, no swap):
+
+        * ``weights.<set>`` for train and IID valid: the IPW weight w = l_b / (l_b + l_f) the model gives each
+          sample, split by the true conflict flag where the data has ground truth (``mean_w_conflict``,
+          ``mean_w_aligned``, ``auroc``: w against the flag, 0.5 = chance); ``mean_w`` otherwise.
+        * ``hb_shuffle_probe.<set>`` for valid and every test set: how much the robust path reads the biased
+          features at test time. Every modality's h_b is permuted across the whole set (independent seeded
+          permutations, as the swap does in training); ``mean_abs_change`` = mean |y_hat - y_hat_shuffled|,
+          ``relative_change`` = that over the std of y_hat, ``mae`` / ``mae_shuffled`` and ``non0_acc2`` /
+          ``non0_acc2_shuffled`` (MMSA's Non0 Acc-2); ``per_modality.<m>`` = ``mean_abs_change`` with only m's h_b
+          permuted. Near 0: the prediction ignores h_b (the swap taught F to); large: it reads the bias."""
+        weights = {name: self._weight_record(dm, name) for name in ("train", "valid")}
+        probe = {name: self._hb_probe(dm, name) for name in ("valid", *dm.test_set_names)}
+        return {"weights": weights, "hb_shuffle_probe": probe}
+
+    def _weight_record(self, dm: Any, name: str) -> dict[str, Any]:
+        ws, flags = [], []
+        for batch in self.eval_batches(dm, name):
+            out = self.compute_losses(batch, swap=False)
+            ws.append(out.weights.double().cpu())
+            if batch.z is not None:
+                flags.append(conflict_flags(batch.z, batch.label).cpu())
+        w = torch.cat(ws).numpy()
+        if not flags:
+            return {"n": int(w.size), "mean_w": float(w.mean())}
+        record = identification_record(w, torch.cat(flags).numpy(), int(self.current_epoch), "w")
+        record.pop("epoch")
+        record["mean_w"] = float(w.mean())
+        return record
+
+    def _hb_probe(self, dm: Any, name: str) -> dict[str, Any]:
+        hc: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        hb: dict[str, list[Tensor]] = {m: [] for m in self.modalities}
+        labels = []
+        for batch in self.eval_batches(dm, name):
+            c, b = self.encode(batch)
+            for m in self.modalities:
+                hc[m].append(c[m])
+                hb[m].append(b[m])
+            labels.append(batch.label)
+        hc_all = {m: torch.cat(v) for m, v in hc.items()}
+        hb_all = {m: torch.cat(v) for m, v in hb.items()}
+        y = torch.cat(labels).double().cpu().numpy()
+        n = y.size
+        generator = torch.Generator().manual_seed(0)
+        perms = {m: torch.randperm(n, generator=generator).to(self.device) for m in self.modalities}
+
+        def predict(shuffled: tuple[str, ...]) -> Tensor:
+            feats = [
+                self.robust_feature(m, hc_all[m], hb_all[m][perms[m]] if m in shuffled else hb_all[m])
+                for m in self.modalities
+            ]
+            return self.fusion(feats).double().cpu()
+
+        plain, mixed = predict(()), predict(self.modalities)
+        change = (plain - mixed).abs()
+        spread = float(plain.std(correction=0))
+        before, after = msa_metrics(plain.numpy(), y), msa_metrics(mixed.numpy(), y)
+        return {
+            "n": int(n),
+            "mean_abs_change": float(change.mean()),
+            "relative_change": float(change.mean()) / spread if spread > 0 else float("nan"),
+            "mae": before["MAE"],
+            "mae_shuffled": after["MAE"],
+            "non0_acc2": before["Non0_acc_2"],
+            "non0_acc2_shuffled": after["Non0_acc_2"],
+            "per_modality": {m: float((plain - predict((m,))).abs().mean()) for m in self.modalities},
+        }

@@ -32,7 +32,7 @@ An empty stratum (text only has no inter relation) is left out: S then holds the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -40,22 +40,13 @@ from torch import Tensor, nn
 
 from datamodules.schema import Batch, FeatureSpec
 from methods.base import MethodConfig, MSAMethod, OptimConfig
-from methods.seq_encoders import build_seq_encoder
+from methods.bias_id import shortcut_modalities
+from methods.seq_encoders import build_seq_encoder, seq_optim
 
 SHORT_NAMES = {"text": "t", "audio": "a", "vision": "v"}
 STRATA = ("intra", "inter")
 KL_BINS = 7
 READOUTS = ("split", "unsplit")
-
-
-def _mmci_optim() -> OptimConfig:
-    """Fine-tuned text encoder as in the LF-TF backbone (lr 5e-5, wd 1e-3); everything else Adam 1e-3, wd 0;
-    no gradient accumulation. The LSTM groups are unused by MMCI and kept only so every group has a value."""
-    return OptimConfig(
-        lr={"text_encoder": 5e-5, "audio_lstm": 1e-3, "vision_lstm": 1e-3, "modality": 1e-3, "head": 1e-3},
-        weight_decay={"text_encoder": 1e-3, "audio_lstm": 0.0, "vision_lstm": 0.0, "modality": 0.0, "head": 0.0},
-        accumulate=1,
-    )
 
 
 @dataclass
@@ -115,7 +106,7 @@ class MMCIConfig(MethodConfig):
     lambda_int: float = 0.5
     inference: Literal["intervened", "causal", "expectation"] = "intervened"
     head_dropout: float = 0.1
-    optim: OptimConfig = field(default_factory=_mmci_optim)
+    optim: OptimConfig = field(default_factory=seq_optim)
 
 
 # field -> its choices, read from the Literal annotations above (the config builder checks them too).
@@ -452,6 +443,7 @@ class MMCI(MSAMethod):
     """
 
     config_class = MMCIConfig
+    matched_baseline = "baseline_seq"
 
     def __init__(self, dims: FeatureSpec, cfg: MMCIConfig) -> None:
         super().__init__(dims, cfg)
@@ -693,3 +685,46 @@ class MMCI(MSAMethod):
         extra["shortcut_spread"] = spread
         self.log_dict({f"val/{k}": v for k, v in extra.items()}, on_step=False, on_epoch=True)
         self.valid_history[-1].update(extra)
+
+    # ----- mechanism diagnostics -----
+
+    def mechanism_diagnostics(self, dm: Any) -> dict[str, Any]:
+        """Where the causal split puts each modality, at the selected weights, on IID valid and every test set:
+        ``sets.<set>.beta_c.<modality>`` (mean node attention beta^c over the modality's nodes and the samples) and
+        ``sets.<set>.alpha_c.<src->tgt>`` (mean causal edge attention over valid edges and samples). Where the
+        ground truth names the modalities that carry a shortcut (``shortcut_modalities``) and others do not
+        (scenario ``single``), ``sets.<set>.shortcut_gap`` = mean over the shortcut modalities minus mean over the
+        others, for beta^c and for alpha^c of the relations whose source is a shortcut modality: below 0, the
+        causal branch draws less on the shortcut modality."""
+        carriers: set[str] = set()
+        sets: dict[str, dict[str, Any]] = {}
+        for name in ("valid", *dm.test_set_names):
+            sums: dict[str, float] = {}
+            count = 0
+            for batch in self.eval_batches(dm, name):
+                for key, value in self.attention_means(self.graph_forward(batch), reduce=False).items():
+                    sums[key] = sums.get(key, 0.0) + float(value.sum())
+                count += len(batch)
+                carriers.update(shortcut_modalities(batch.z))
+            means = {key: value / max(count, 1) for key, value in sums.items()}
+            sets[name] = {
+                "beta_c": {m: means[f"node_attn/{m}"] for m in self.modalities},
+                "alpha_c": {rel: means[f"attn/{rel}"] for rel in self.graph.names},
+            }
+        shortcut = [m for m in self.modalities if m in carriers]
+        others = [m for m in self.modalities if m not in carriers]
+        if shortcut and others:
+            short = {SHORT_NAMES[m] for m in shortcut}
+            for entry in sets.values():
+                beta, alpha = entry["beta_c"], entry["alpha_c"]
+                from_short = [v for rel, v in alpha.items() if rel.split("->")[0] in short]
+                from_other = [v for rel, v in alpha.items() if rel.split("->")[0] not in short]
+                entry["shortcut_gap"] = {
+                    "beta_c": _mean([beta[m] for m in shortcut]) - _mean([beta[m] for m in others]),
+                    "alpha_c_from_shortcut": _mean(from_short) - _mean(from_other),
+                }
+        return {"shortcut_modalities": shortcut, "sets": sets}
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values))

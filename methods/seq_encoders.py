@@ -14,6 +14,10 @@ sequence; padding follows it, as in the Batch contract).
 
 Every module carries ``optim_group = "modality"`` (the fine-tuned text encoder inside keeps its own
 ``text_encoder`` group), which `methods.base` reads to build the optimiser's parameter groups.
+
+`PooledSequenceEncoder` pools one of them to a vector (masked mean; CaMIB's ``seq`` encoders and the
+``baseline_seq`` row), and `seq_optim` is the optimiser MMCI trains these encoders with (docs/algorithms-mmci-camib.md),
+shared by the rows that are compared with MMCI on the same encoders.
 """
 
 from __future__ import annotations
@@ -24,7 +28,19 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.schema import Batch, FeatureSpec
-from methods.backbone import TextConfig, TextFinetuneEncoder, resolve_text_mode
+from methods.backbone import TextConfig, TextFinetuneEncoder, masked_mean, resolve_text_mode
+from methods.base import OptimConfig
+
+
+def seq_optim() -> OptimConfig:
+    """MMCI's optimiser (docs/algorithms-mmci-camib.md): fine-tuned text encoder as in the LF-TF backbone (lr 5e-5,
+    wd 1e-3); everything else Adam 1e-3, wd 0; no gradient accumulation. The LSTM groups are unused by sequence
+    encoders and kept only so every group has a value."""
+    return OptimConfig(
+        lr={"text_encoder": 5e-5, "audio_lstm": 1e-3, "vision_lstm": 1e-3, "modality": 1e-3, "head": 1e-3},
+        weight_decay={"text_encoder": 1e-3, "audio_lstm": 0.0, "vision_lstm": 0.0, "modality": 0.0, "head": 0.0},
+        accumulate=1,
+    )
 
 
 def sinusoidal_positions(length: int, dim: int, *, device: torch.device | None = None) -> Tensor:
@@ -136,3 +152,20 @@ def build_seq_encoder(
         return TextTokenFinetuneEncoder(d, text)
     return FrameEncoder(modality, spec.dims[modality], d, layers=layers, heads=heads, ff=ff, dropout=dropout,
                         kernel=kernel)
+
+
+class PooledSequenceEncoder(nn.Module):
+    """A §5.1 sequence encoder of one modality, masked mean over its valid steps -> (B, d)."""
+
+    def __init__(
+        self, modality: str, spec: FeatureSpec, d: int, text: TextConfig, *, layers: int = 2, heads: int = 4,
+        ff: int = 256, dropout: float = 0.1, kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        self.encoder = build_seq_encoder(
+            modality, spec, d, text, layers=layers, heads=heads, ff=ff, dropout=dropout, kernel=kernel
+        )
+
+    def forward(self, batch: Batch) -> Tensor:
+        states, mask = self.encoder(batch)
+        return masked_mean(states, mask)

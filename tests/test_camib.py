@@ -132,6 +132,32 @@ def test_iv_branch_stop_gradients(instrument):
         assert grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("instrument", ["ib_latents", "shuffled_modality"])
+def test_pull_c_variant_sends_the_iv_gradient_to_the_mask_and_fusion(instrument):
+    """camib.iv.pull_c (docs/algorithms-mmci-camib.md): the stage-1 term keeps C attached, so L_IV reaches the mask
+    MLP, the fusion and the encoders; the instrument itself stays detached."""
+    method, batch = _method(iv={"instrument": instrument, "pull_c": True})
+    method.train()
+    terms, out = method.loss_terms(batch)
+    for module in (method.mask_net, method.fuse, method.vib, method.encoders):
+        assert _has_grad(terms["iv_reg"], module), f"L_iv_reg must reach {type(module).__name__}"
+        assert _has_grad(terms["iv"], module)
+    assert not _has_grad(terms["iv_label"], method.mask_net), "the label term still reads only g(V)"
+    if instrument == "ib_latents":  # d/dm of mean_i ||g(V_i) - m_i * M_i||^2 = 2 (C - g(V)) * M / B
+        (g_mask,) = torch.autograd.grad(terms["iv_reg"], [out.mask], retain_graph=True)
+        expected = 2.0 * (out.causal - method.iv_net(method.instrument(out))) * out.fused / len(batch)
+        torch.testing.assert_close(g_mask, expected.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_pull_c_default_off_keeps_run_hashes():
+    from benchmarks.config import build_config, config_hash
+
+    plain = build_config(["method=camib"])
+    assert plain.model.iv.pull_c is False
+    assert config_hash(plain) == config_hash(build_config(["method=camib", "camib.iv.pull_c=false"]))
+    assert config_hash(plain) != config_hash(build_config(["method=camib", "camib.iv.pull_c=true"]))
+
+
 def test_iv_regression_is_the_batch_mean_of_the_squared_norm():
     method, batch = _method()
     method.eval()

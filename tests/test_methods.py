@@ -84,6 +84,29 @@ def test_baseline_uses_the_documented_learning_rates():
     assert lrs == {"audio_lstm": 5e-3, "vision_lstm": 1e-4, "modality": 1e-3, "head": 1e-3}
 
 
+def test_baseline_seq_is_the_baseline_head_on_mmci_encoders_and_optimiser():
+    """The matched-architecture row: same encoder modules and optimiser settings as MMCI, LF-TF fusion on top."""
+    from methods.mmci import MMCIConfig
+
+    bundle = generate(tiny_synthetic())
+    spec = FeatureSpec.from_split(bundle.train)
+    seq = METHODS["baseline_seq"](spec, _small_cfg(METHODS["baseline_seq"]))
+    mmci = METHODS["mmci"](spec, MMCIConfig())
+    for m in spec.modalities:
+        ours = {k: v.shape for k, v in seq.encoders[m].encoder.state_dict().items()}
+        assert ours == {k: v.shape for k, v in mmci.encoders[m].state_dict().items()}, m
+    assert dataclasses.asdict(seq.cfg.optim) == dataclasses.asdict(mmci.cfg.optim)
+    groups = {g["name"]: (g["lr"], g["weight_decay"]) for g in seq.configure_optimizers().param_groups}
+    assert groups == {"modality": (1e-3, 0.0), "head": (1e-3, 0.0)} and seq.cfg.optim.accumulate == 1
+    assert seq.heads["audio"][0].in_features == 64 and seq.heads["audio"][0].out_features == seq.cfg.backbone.dim
+    batch = Batch.from_split(bundle.train, np.arange(8))
+    seq.eval()
+    noisy = dataclasses.replace(batch, audio=batch.audio.clone())
+    noisy.audio[torch.arange(noisy.audio.shape[1])[None, :] >= noisy.audio_lengths[:, None]] = 100.0
+    with torch.no_grad():
+        torch.testing.assert_close(seq.predict(batch), seq.predict(noisy), msg="padding is masked")
+
+
 def test_backbone_ignores_padding():
     bundle = generate(tiny_synthetic())
     spec = FeatureSpec.from_split(bundle.train)
