@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from benchmarks.atomic import atomic_write_text
+from datamodules.atomic import atomic_write_text
 
 METRIC = "Non0_acc_2"
 REFERENCE_COLUMNS = ("label", "dataset", "set", "metric", "seed", "value")

@@ -140,9 +140,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from benchmarks.atomic import atomic_write_text
     from benchmarks.compare import comparisons, comparisons_markdown
     from benchmarks.leaderboard import build_leaderboard, find_runs
+    from datamodules.atomic import atomic_write_text
     from methods import METHODS
 
     root = Path(args.root)
@@ -325,8 +325,8 @@ Same data, overrides and seed -> byte-identical manifest (within one git commit:
 
 
 def _cmd_readme(args: argparse.Namespace) -> int:
-    from benchmarks.atomic import atomic_write_text
     from benchmarks.readme_blocks import current_documents, display
+    from datamodules.atomic import atomic_write_text
 
     stale = [(path, fresh) for path, text, fresh in current_documents() if text != fresh]
     if not stale:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.atomic import atomic_write_bytes, atomic_write_text
+from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from datamodules.dataroot import APP_NAME, DataRoot, resolve_data_root
 from datamodules.schema import DataError
 

@@ -89,9 +89,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from benchmarks.selection import DEFAULT_SELECTION, get_selection, model_config, reselect
 from benchmarks.statistics import bootstrap_mean_ci, paired_difference
+from datamodules.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from methods.metrics import METRIC_KEYS, msa_metrics, report_cell
 
 __all__ = [

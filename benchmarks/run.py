@@ -32,10 +32,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from benchmarks.atomic import atomic_write_bytes, atomic_write_text
 from benchmarks.config import config_hash, run_dir_for, staging_dir, to_object
 from benchmarks.environment import environment, git_commit, library_versions
 from datamodules import get_dataset
+from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from datamodules.datamodule import MSADataModule
 from methods import get_method
 from methods.epoch_records import FILE_NAME as EPOCH_RECORDS

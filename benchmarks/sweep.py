@@ -262,9 +262,12 @@ def _worker_job(overrides: tuple[str, ...], sweep_dir: str) -> tuple[str, str | 
 
 
 def die_with_parent() -> bool:
-    """Ask the kernel to send this process SIGTERM when its parent (the sweep launcher) dies (Linux
+    """Ask the kernel to send this process SIGKILL when its parent (the sweep launcher) dies (Linux
     ``PR_SET_PDEATHSIG``), so that killing the launcher alone never leaves workers finishing the queue, and a
-    relaunch never runs a job twice. False where unsupported (then workers stop at the launcher's next signal)."""
+    relaunch never runs a job twice. SIGKILL, not SIGTERM: Lightning installs its own SIGTERM handler while it
+    trains, and two workers of a killed launcher were seen to outlive it, ignoring SIGTERM. The job the worker was
+    running is left in its hidden staging folder, which a relaunch removes. False where unsupported (then
+    workers stop at the launcher's next signal)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -273,7 +276,7 @@ def die_with_parent() -> bool:
 
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
-        if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
             return False
     except (OSError, AttributeError):
         return False

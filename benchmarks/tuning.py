@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from benchmarks.atomic import atomic_write_text
 from benchmarks.leaderboard import find_runs, load_run, row_label
+from datamodules.atomic import atomic_write_text
 from methods.metrics import SELECTION_MODES
 
 

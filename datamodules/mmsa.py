@@ -42,6 +42,7 @@ from typing import Any, BinaryIO, Literal, get_args
 
 import numpy as np
 
+from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from datamodules.schema import LABEL_MAX, LABEL_MIN, DataError, DatasetBundle, FeatureSpec, SplitData
 
 logger = logging.getLogger(__name__)
@@ -517,25 +518,13 @@ def _split_to_mmsa(split: SplitData) -> dict[str, Any]:
 def write_mmsa_pickle(bundle: DatasetBundle, path: PathLike) -> None:
     """Validate ``bundle`` and write it as an MMSA pickle (see :func:`to_mmsa_dict`) to ``path``.
 
-    The write is atomic: the pickle goes to a temporary file in the same directory, is flushed and
-    fsynced, then renamed over ``path`` with ``os.replace``, so a crash never leaves a half-written
-    file under the final name. Parent directories are created. Protocol 4, as MMSA uses.
+    The write is atomic (`datamodules.atomic`): a temporary file in the same directory, flushed and
+    fsynced, then renamed over ``path``, so a crash never leaves a half-written file under the final name.
+    Parent directories are created. Protocol 4, as MMSA uses.
     """
     path = Path(path)
     bundle.validate(f"write_mmsa_pickle({path})")
-    payload = to_mmsa_dict(bundle)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=PICKLE_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, pickle.dumps(to_mmsa_dict(bundle), protocol=PICKLE_PROTOCOL))
     logger.info("wrote %s (%s)", path, {s: len(getattr(bundle, s)) for s in SPLITS})
 
 
@@ -558,16 +547,6 @@ def cache_root(override: PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "msabench"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
 
 def cached_sha256(path: PathLike, cache_dir: PathLike | None = None, *, verify: bool = False) -> str:
     """SHA-256 of a file, remembered in ``<cache>/sha256/`` under the file's (path, size, mtime, inode).
@@ -588,7 +567,7 @@ def cached_sha256(path: PathLike, cache_dir: PathLike | None = None, *, verify: 
             pass
     digest = sha256_file(path)
     try:
-        _write_text_atomic(memo, json.dumps({"stamp": stamp, "sha256": digest}))
+        atomic_write_text(memo, json.dumps({"stamp": stamp, "sha256": digest}))
     except OSError as exc:
         logger.warning("cannot remember the SHA-256 of %s in %s (%s); it will be recomputed next time", path, memo, exc)
     return digest

@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from benchmarks.atomic import atomic_write_text
+from datamodules.atomic import atomic_write_text
 from datamodules.manifest import OODManifest, check_set_name
 from datamodules.schema import DataError, DatasetBundle, SplitData
 from ood_splits.annealing import (

@@ -17,6 +17,7 @@ agrees with the label inside the set vs the test split.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from datamodules.manifest import OODManifest
 from datamodules.schema import DatasetBundle
 from ood_splits.annealing import Problem, label_sides, objective
@@ -357,13 +359,9 @@ def plot(stats: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.suptitle(f"{stats['dataset']} / {stats['name']}  ({stats['size']['n_sel']} of {stats['size']['n_test']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def report(
@@ -408,8 +406,9 @@ def report(
         stem = path.name.removesuffix(".json")
         png = folder / f"{stem}.report.png"
         plot(stats, manifest, png)
-        _write(folder / f"{stem}.report.md", markdown(stats, png.name))
-        _write(folder / f"{stem}.report.json", json.dumps(stats, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        atomic_write_text(folder / f"{stem}.report.md", markdown(stats, png.name))
+        text = json.dumps(stats, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        atomic_write_text(folder / f"{stem}.report.json", text)
         stats["files"] = [str(folder / f"{stem}.report.{ext}") for ext in ("md", "json", "png")]
         results.append(stats)
     return results
