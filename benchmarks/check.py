@@ -462,6 +462,9 @@ def render_calibration(cal: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in cal["perturbations"].items():
+        if row.get("not_run"):
+            lines.append(f"| `{name}`: {row['description']} | not run in this calibration | — | — | — | — |")
+            continue
         agree = row.get("agreement_with_none") or {}
         ident = "—" if not agree or agree.get("pairs", 0) == 0 else f"{100 * agree['identical']:.0f} %"
         change = "—" if not agree or agree.get("pairs", 0) == 0 else f"{agree['mean_abs_diff']:.2f}"

@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -246,11 +246,24 @@ def update_reference(sweep: SweepConfig, reference_path: Path, *, say: Printer =
     return csv
 
 
+REQUIRED_SCENARIOS = ("none", "seeds_3001")  # the false-alarm pool is the reference plus these two
+
+
 def calibrate(sweep_file: Path, overrides: list[str], reference_path: Path, *, splits: int = 2000,
-              say: Printer = print) -> dict[str, Any]:
+              skip: Sequence[str] = (), say: Printer = print) -> dict[str, Any]:
     """Run every perturbation and plant, test each against the reference, estimate the false-alarm rate and the
-    detectable drops by re-splitting the pool of 1-thread runs, and write the calibration JSON."""
+    detectable drops by re-splitting the pool of 1-thread runs, and write the calibration JSON. Perturbations named
+    in ``skip`` (the other-machine proxies) are not run and are recorded as ``not_run``; ``none``, ``seeds_3001``
+    and the plants always run."""
     from benchmarks.sweep import load_sweep
+
+    optional = [name for name in ck.PERTURBATIONS if name not in REQUIRED_SCENARIOS]
+    for name in skip:
+        if name not in optional:
+            raise ValueError(
+                f"--skip {name!r}: only these perturbations may be skipped: {', '.join(optional)} (the false-alarm "
+                f"estimate needs {' and '.join(REQUIRED_SCENARIOS)}, the power estimate every plant)"
+            )
 
     base = load_sweep(sweep_file, overrides)
     settings = settings_of(base)
@@ -263,6 +276,10 @@ def calibrate(sweep_file: Path, overrides: list[str], reference_path: Path, *, s
     summaries: dict[str, dict[str, dict[str, Any]]] = {"perturbations": {}, "plants": {}}
     for kind, registry in (("perturbations", ck.PERTURBATIONS), ("plants", ck.PLANTS)):
         for name, scenario in registry.items():
+            if name in skip:
+                summaries[kind][name] = {"description": scenario.description, "not_run": True}
+                say(f"calibration: {kind[:-1]} {name}: not run (--skip)")
+                continue
             sweep = load_sweep(sweep_file, [*overrides, *ck.scenario_sweep_overrides(scenario, base.datasets)])
             sweep.datasets = [d for d in sweep.datasets if d in base.datasets]
             ck.apply_scenario(sweep, scenario)

@@ -266,7 +266,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         check_runner.update_reference(sweep, reference)
         return 0
     if args.calibrate:
-        check_runner.calibrate(sweep_file, list(args.overrides), reference, splits=args.splits)
+        skip = [name for part in (args.skip or []) for name in part.split(",") if name]
+        check_runner.calibrate(sweep_file, list(args.overrides), reference, splits=args.splits, skip=skip)
         return 0
     return check_runner.run_check(
         sweep, reference, plant=args.plant, runs_root=Path(args.runs) if args.runs else None
@@ -605,6 +606,9 @@ def make_parser() -> argparse.ArgumentParser:
     mode.add_argument("--plant", help="plant a regression for the power test: label_noise | shortcut_x2")
     mode.add_argument("--runs", help="test the complete run folders below DIR instead of launching the sweep")
     check.add_argument("--splits", type=int, default=2000, help="re-splits for the false-alarm estimate (default 2000)")
+    check.add_argument("--skip", action="append", metavar="NAME[,NAME]",
+                       help="with --calibrate: other-machine perturbations not to run this time (threads2, "
+                       "avx2_kernels); the calibration records them as not run")
     check.add_argument("overrides", nargs="*", help="sweep-level overrides, e.g. root=/tmp/ci-runs")
     check.set_defaults(func=_cmd_check)
 

@@ -209,6 +209,12 @@ def test_plants_and_perturbations_are_valid_sweep_overrides():
         fingerprints
 
 
+@pytest.mark.parametrize("name", ["none", "seeds_3001", "label_noise", "threads3"])
+def test_calibration_refuses_to_skip_what_its_estimates_need(name, tmp_path):
+    with pytest.raises(ValueError, match=f"--skip '{name}': only these perturbations may be skipped: threads2"):
+        check_runner.calibrate(tmp_path / "ci.yaml", [], tmp_path / "ci.csv", skip=[name])
+
+
 def test_committed_reference_is_calibrated_and_readme_shows_that_calibration():
     csv, meta_path, cal_path = ck.reference_paths(ROOT / "benchmarks" / "reference" / "ci.csv")
     sweep = load_sweep(ROOT / "benchmarks" / "sweeps" / "ci.yaml")
@@ -219,7 +225,9 @@ def test_committed_reference_is_calibrated_and_readme_shows_that_calibration():
     calibration = ref.calibration
     # the stated guarantee: the measured rate of any false alarm, with its interval, is below the target
     assert calibration["false_alarms"]["family_rate_ci95"][1] < ck.TARGET_FALSE_ALARM_RATE
-    assert all(row["alarms"] == 0 for row in calibration["perturbations"].values())
+    perturbations = calibration["perturbations"]
+    assert all(not perturbations[name].get("not_run") for name in check_runner.REQUIRED_SCENARIOS)
+    assert all(row.get("not_run") or row["alarms"] == 0 for row in perturbations.values())
     assert all(row["alarms"] > 0 for row in calibration["plants"].values())
     assert calibration == check_runner.committed_calibration()
 
