@@ -155,11 +155,10 @@ def test_write_is_atomic(bundle: DatasetBundle, tmp_path: Path, monkeypatch: pyt
     path = tmp_path / "aligned_50.pkl"
     path.write_bytes(b"old content")
 
-    def boom(*args: object, **kwargs: object) -> None:
-        args[1].write(b"partial")
+    def boom(fd: int) -> None:  # the whole pickle is in the temporary file, not yet on disk: crash
         raise RuntimeError("crash while writing")
 
-    monkeypatch.setattr(pickle, "dump", boom)
+    monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(RuntimeError, match="crash"):
         write_mmsa_pickle(bundle, path)
     assert path.read_bytes() == b"old content"
