@@ -366,7 +366,8 @@ def plan_launch(sweep: SweepConfig, n_jobs: int, cores: int | None = None) -> La
             "lower it (each job's trainer.threads is part of its config and hash)"
         ))
     slots = worker_slots(sweep.launcher, workers, threads)
-    lines = [f"local pool: {workers} workers x {threads} threads ({cores} cores)"]
+    lines = [f"local pool: {workers} workers x {threads} threads ({cores} cores: launcher.threads up to "
+             f"{max(1, cores // workers)} fits)"]
     if sweep.launcher.gpus:
         per_device = Counter(slot.gpu for slot in slots)
         lines.append("GPU workers per device: " + ", ".join(f"GPU {g}: {n}" for g, n in sorted(per_device.items())))

@@ -134,7 +134,7 @@ def test_dry_run_prints_the_worker_device_assignment(tmp_path, monkeypatch, caps
     path = _sweep_file(tmp_path, {"gpus": [0, 1], "workers_per_gpu": 2})
     assert cli_main(["sweep", "launch", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "local pool: 4 workers x 1 threads (8 cores)" in out
+    assert "local pool: 4 workers x 1 threads (8 cores: launcher.threads up to 2 fits)" in out
     assert "GPU workers per device: GPU 0: 2, GPU 1: 2" in out
     for i, gpu in enumerate([0, 1, 0, 1]):
         assert f"worker {i}: GPU {gpu} (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, CUDA_VISIBLE_DEVICES={gpu}," in out
