@@ -45,7 +45,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.profilers import SimpleProfiler  # noqa: E402
 
-from benchmarks.config import ACCELERATORS, build_config, to_object  # noqa: E402
+from benchmarks.config import build_config, to_object  # noqa: E402
 from benchmarks.run import build_datamodule, check_device  # noqa: E402
 from methods import METHODS, get_method  # noqa: E402
 
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--data", default="synthetic,mosi_shaped", help="synthetic and/or mosi_shaped")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per job, the first is a warm-up (default 3)")
     parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (default 0 = all)")
-    parser.add_argument("--accelerator", choices=ACCELERATORS, default="cpu", help="trainer.accelerator of every job")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="trainer.accelerator of every job")
     parser.add_argument("--compare", action="store_true", help="also run the earlier kernels and print speed-ups")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "msabench_perf"))
     args = parser.parse_args()
