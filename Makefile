@@ -4,6 +4,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 BENCH_ROOT ?= runs
+# extra options of `make perf`'s training throughput script, e.g. PERF_ARGS="--accelerator gpu" (docs/gpu.md)
+PERF_ARGS ?=
 export WANDB_MODE ?= offline
 # Development checkouts: the real data in ../shared/data beside the checkout, when it exists and MSABENCH_DATA is
 # unset (the product itself looks only at <dataset>.root, $$MSABENCH_DATA and the per-user data directory).
@@ -36,7 +38,7 @@ splits:  ## (maintainers) rebuild the committed mosi_utt OOD manifests and their
 	$(BIN)/msabench splits build dataset=mosi_utt --modality text audio vision tav --report --out ood_splits/manifests
 
 perf:  ## printed speed / memory figures: training throughput (vs the earlier kernels), split annealing, MMSA cache
-	$(PY) -m benchmarks.perf_training --compare
+	$(PY) -m benchmarks.perf_training --compare $(PERF_ARGS)
 	$(PY) benchmarks/perf_annealing.py
 	$(PY) benchmarks/perf_cache.py --scale 0.1
 

@@ -10,6 +10,7 @@ msabench data fetch mosi_utt|mosi_text|mosei_text|all [--from MIRROR] [--root DI
 msabench data list [--root DIR]                      # which real-data files are there, and whether they verify
 msabench splits build dataset=mosi_text [--modality text audio vision tav] [split.seed=0 ...] [--report] [--out DIR]
 msabench splits report MANIFEST.json ... [--out DIR]   # sanity reports in reports/ beside each manifest
+msabench sweep launch default [--dry-run] [launcher.gpus=[0] launcher.workers_per_gpu=4 ...]   # see docs/gpu.md
 msabench list                                        # registered methods and datasets
 """
 
@@ -229,12 +230,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from benchmarks.sweep import STATES, delete_incomplete, expand, launch, load_sweep, status
 
     sweep = load_sweep(_sweep_path(args.sweep), args.overrides)
+    if args.dry_run and args.action != "launch":
+        raise ValueError(f"--dry-run goes with `sweep launch`, not `sweep {args.action}`")
     if args.action == "launch":
         from benchmarks.run import PROJECT_ROOT  # noqa: F401 - imports lightning before quieting it
 
         _quiet_lightning(args.verbose)
         start = time.time()
-        final = launch(sweep)
+        final = launch(sweep, dry_run=args.dry_run)
+        if args.dry_run:
+            return 0
         print(f"sweep {sweep.name}: " + ", ".join(f"{len(final[s])} {s}" for s in STATES)
               + f" ({time.time() - start:.0f} s)")
         return 0 if not final["incomplete"] and not final["not launched"] else 1
@@ -588,6 +593,11 @@ def make_parser() -> argparse.ArgumentParser:
     sweep.add_argument("action", choices=["launch", "status", "delete-incomplete"])
     sweep.add_argument("sweep", nargs="?", default="default", help="sweep name or YAML path (default: default)")
     sweep.add_argument("overrides", nargs="*", help="sweep-level overrides, e.g. seeds=[1111] launcher.workers=1")
+    sweep.add_argument(
+        "--dry-run", action="store_true",
+        help="launch: print the plan (workers, threads, each worker's device and environment) and what would stop a "
+        "launch on this machine (e.g. launcher.gpus without CUDA); run nothing",
+    )
     sweep.set_defaults(func=_cmd_sweep)
 
     check = sub.add_parser(

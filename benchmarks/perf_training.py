@@ -1,13 +1,17 @@
 """Training throughput of every registered method (figures, not assertions): `make perf`.
 
     python -m benchmarks.perf_training [--methods baseline,mmci] [--data synthetic,mosi_shaped]
-                                      [--epochs 3] [--compare] [--workdir /tmp/msabench_perf]
+                                      [--epochs 3] [--batches N] [--accelerator cpu|gpu] [--compare]
+                                      [--workdir /tmp/msabench_perf]
 
 For each method and data, one job as `msabench run` builds it (default batch size and threads,
 ``trainer.threads=1``), trained for ``--epochs`` epochs without early stopping; the first epoch is a
-warm-up and is not counted. Printed per method: training samples/s (train samples / mean seconds of
-a measured epoch's training loop), seconds per epoch (training loop plus validation), and the share
+warm-up and is not counted. Printed per method: training samples/s (training samples of a measured
+epoch / seconds of its training loop), seconds per epoch (training loop plus validation), and the share
 of the training loop spent fetching batches (Lightning's profiler, ``train_dataloader_next``).
+``--batches N`` trains N batches per epoch (a quick check; 0 = all). ``--accelerator gpu`` runs every job
+with ``trainer.accelerator=gpu`` on the first visible CUDA device (CUDA_VISIBLE_DEVICES picks another);
+the clock then waits for the device at each epoch's start and end.
 
 Data:
   synthetic    the default synthetic benchmark (``synthetic_shared``: 1284 / 229 / 686 clips,
@@ -25,6 +29,7 @@ Wall-clock figures depend on the machine's load: run it on an idle machine.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import subprocess
@@ -41,7 +46,7 @@ import torch  # noqa: E402
 from lightning.pytorch.profilers import SimpleProfiler  # noqa: E402
 
 from benchmarks.config import build_config, to_object  # noqa: E402
-from benchmarks.run import build_datamodule  # noqa: E402
+from benchmarks.run import build_datamodule, check_device  # noqa: E402
 from methods import METHODS, get_method  # noqa: E402
 
 LEGACY = ["model.backbone.lstm_impl=packed", "model.optim.impl=for_loop"]
@@ -54,7 +59,9 @@ def mosi_shaped_pickle(workdir: Path) -> Path:
     if not path.is_file():
         workdir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.cli", "prepare", "synthetic", *MOSI_SHAPE, "--out", str(path)]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(cmd, capture_output=True, text=True)  # its notes (e.g. OOD sets not written) stay out
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
     return path
 
 
@@ -67,29 +74,53 @@ def data_overrides(name: str, workdir: Path) -> list[str]:
     raise ValueError(f"--data: unknown choice {name!r}; expected synthetic or mosi_shaped")
 
 
-def measure(overrides: list[str], epochs: int, workdir: Path) -> dict[str, float]:
-    """Train one job for ``epochs`` epochs; throughput over the epochs after the first."""
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall-clock marks on a GPU include it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(overrides: list[str], epochs: int, workdir: Path, batches: int = 0) -> dict[str, float]:
+    """Train one job for ``epochs`` epochs (``batches`` per epoch, 0 = all); throughput over the epochs after
+    the first."""
     cfg = build_config([*overrides, "trainer.threads=1", "seed=1111"])
+    check_device(cfg)
     torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, verbose=False)
     dm = build_datamodule(cfg)
     method = get_method(cfg.method)(dm.spec, to_object(cfg.model))
     method.configure_selection(cfg.selection.key)
     epoch_times: list[float] = []
+    samples: list[int] = []
 
     class EpochClock(L.Callback):
         def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            _sync(module.device)
             self.start = time.perf_counter()
+            samples.append(0)
+
+        def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, idx) -> None:
+            samples[-1] += len(batch)
 
         def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
             if not trainer.sanity_checking:
+                _sync(module.device)
                 epoch_times.append(time.perf_counter() - self.start)
 
-    profiler = SimpleProfiler(dirpath=workdir, filename="profile")  # its report goes to a file, not stdout
+    class SyncedProfiler(SimpleProfiler):
+        """Lightning's profiler, waiting for the device when a training epoch's loop ends."""
+
+        def stop(self, action_name: str) -> None:
+            if action_name == "run_training_epoch":
+                _sync(method.device)
+            super().stop(action_name)
+
+    profiler = SyncedProfiler(dirpath=workdir, filename="profile")  # its report goes to a file, not stdout
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=cfg.trainer.accelerator, devices=1, logger=False, profiler=profiler,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
         accumulate_grad_batches=method.cfg.optim.accumulate, callbacks=[EpochClock()],
+        limit_train_batches=batches or 1.0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -98,13 +129,19 @@ def measure(overrides: list[str], epochs: int, workdir: Path) -> dict[str, float
     train_loop = durations["run_training_epoch"][1:]
     fetch = durations["[_TrainingEpochLoop].train_dataloader_next"]
     per_epoch_fetch = sum(fetch) / epochs
-    n_train = len(dm.train_dataloader().dataset)
-    mean_loop = sum(train_loop) / len(train_loop)
     return {
-        "samples_s": n_train / mean_loop,
+        "samples_s": sum(samples[1:]) / sum(train_loop),
         "epoch_s": sum(epoch_times[1:]) / len(epoch_times[1:]),
         "fetch_share": per_epoch_fetch / (sum(durations["run_training_epoch"]) / epochs),
     }
+
+
+def describe_device(accelerator: str) -> str:
+    """The header's machine part: the CPU, or the CUDA device the jobs use."""
+    if accelerator == "gpu":
+        props = torch.cuda.get_device_properties(0)
+        return f"GPU {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:
@@ -112,38 +149,46 @@ def main() -> None:
     parser.add_argument("--methods", default="all", help="comma-separated registered methods (default all)")
     parser.add_argument("--data", default="synthetic,mosi_shaped", help="synthetic and/or mosi_shaped")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per job, the first is a warm-up (default 3)")
+    parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (default 0 = all)")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="trainer.accelerator of every job")
     parser.add_argument("--compare", action="store_true", help="also run the earlier kernels and print speed-ups")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "msabench_perf"))
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is a warm-up)")
+    if args.batches < 0:
+        parser.error(f"--batches must be >= 0 (0 = all), got {args.batches}")
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error(f"--accelerator gpu: torch {torch.__version__} sees no CUDA device on this machine")
     methods = sorted(METHODS) if args.methods == "all" else args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; registered: {', '.join(sorted(METHODS))}")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cpu = platform.processor() or platform.machine()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # no "GPU available" lines between rows
+        logging.getLogger(name).setLevel(logging.WARNING)
     print(
-        f"training throughput, 1 torch thread, default batch size; {cpu}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}"
+        f"training throughput, 1 torch thread, default batch size; {describe_device(args.accelerator)}, "
+        f"torch {torch.__version__}", flush=True,
     )
+    device = [f"trainer.accelerator={args.accelerator}"]
     header = f"{'data':<12} {'method':<16} {'samples/s':>10} {'epoch s':>8} {'fetch %':>8}"
     if args.compare:
         header += f" {'earlier samples/s':>18} {'speed-up':>9}"
-    print(header)
+    print(header, flush=True)
     for data in args.data.split(","):
-        base = data_overrides(data, workdir)
+        base = [*data_overrides(data, workdir), *device]
         for name in methods:
             try:
-                now = measure([f"method={name}", *base], args.epochs, workdir)
+                now = measure([f"method={name}", *base], args.epochs, workdir, args.batches)
             except (ValueError, FileNotFoundError) as exc:
                 print(f"{data:<12} {name:<16} skipped: {exc}")
                 continue
             line = (f"{data:<12} {name:<16} {now['samples_s']:>10.0f} {now['epoch_s']:>8.2f} "
                     f"{100 * now['fetch_share']:>7.1f}%")
             if args.compare:
-                before = measure([f"method={name}", *base, *LEGACY], args.epochs, workdir)
+                before = measure([f"method={name}", *base, *LEGACY], args.epochs, workdir, args.batches)
                 line += f" {before['samples_s']:>18.0f} {now['samples_s'] / before['samples_s']:>8.2f}x"
             print(line, flush=True)
 

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.config import config_hash, run_dir_for, staging_dir, to_object
 from benchmarks.environment import environment, git_commit, library_versions
+from benchmarks.workers import CUBLAS_WORKSPACE
 from datamodules import get_dataset
 from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from datamodules.datamodule import MSADataModule
@@ -258,6 +259,23 @@ def ddp_child() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def check_device(cfg: DictConfig) -> None:
+    """Before any data is read: ``trainer.accelerator=gpu`` (or ``cuda``) needs a CUDA device torch can see (one
+    line naming the key otherwise, instead of Lightning's refusal once the data is loaded). On a GPU, sets the
+    cuBLAS workspace that deterministic kernels need (``trainer.deterministic``) unless the environment already has
+    one; it must be set before CUDA starts."""
+    accelerator = cfg.trainer.accelerator
+    if accelerator not in ("gpu", "cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator}: torch {torch.__version__} sees no CUDA device on this machine (a "
+            "CPU-only build, no GPU, or CUDA_VISIBLE_DEVICES hides them); use trainer.accelerator=cpu"
+        )
+    if cfg.trainer.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
 def run_job(cfg: DictConfig) -> Path:
     """Run one resolved job config and return its run folder."""
     start = time.time()
@@ -266,6 +284,7 @@ def run_job(cfg: DictConfig) -> Path:
     check_loggers(cfg)
     if (final_dir / "done").exists() and not cfg.output.overwrite:
         raise RunExistsError(f"{final_dir} already holds a complete run; set output.overwrite=true to redo it")
+    check_device(cfg)
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

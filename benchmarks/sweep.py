@@ -14,14 +14,13 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,14 @@ import yaml
 from omegaconf import OmegaConf
 
 from benchmarks.config import Kind, build_config, checked_choices, run_dir_for, staging_dir
+from benchmarks.workers import (
+    WorkerSlot,
+    check_gpu_config,
+    check_gpus_present,
+    gpu_slots,
+    worker_env,
+    worker_pool,
+)
 from methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -48,12 +55,16 @@ class VariantConfig:
 @dataclass
 class LauncherConfig:
     """``serial`` | ``local`` | ``slurm``. For ``local``: ``workers`` processes (0 = as many as the
-    cores allow at ``threads`` torch threads each), or one per GPU id in ``gpus``."""
+    cores allow at ``threads`` torch threads each); with ``gpus`` (CUDA device indices, repeats allowed) one worker
+    per entry and per ``workers_per_gpu``, each pinned to its device and running its jobs with
+    ``trainer.accelerator=gpu`` (``gpus=[0,0,1,1]`` and ``gpus=[0,1] workers_per_gpu=2`` are the same 4 workers;
+    ``workers`` > 0 caps them, and so do the cores at ``threads`` each)."""
 
     name: Literal["serial", "local", "slurm"] = "local"
     workers: int = 0
     threads: int = 1
     gpus: list[int] = field(default_factory=list)
+    workers_per_gpu: int = 1
 
 
 @dataclass
@@ -138,7 +149,8 @@ def validate_sweep(sweep: SweepConfig, source: str = "sweep") -> None:
     """Refuse, before any job runs, names a sweep uses that nothing would read: methods and variant methods that
     are not registered, ``datasets`` and the keys of ``dataset_overrides`` / ``test_sets`` that are not registered
     datasets, ``method_overrides`` for a method the sweep does not run. Each error names the file, the section and
-    the closest valid name."""
+    the closest valid name. Also the launcher's GPU keys (`check_gpu_config`) and, with ``launcher.gpus``, any
+    override that would take a job off its GPU."""
     from datamodules import DATASETS
 
     methods, datasets = sorted(METHODS), sorted(DATASETS)
@@ -167,6 +179,29 @@ def validate_sweep(sweep: SweepConfig, source: str = "sweep") -> None:
             raise ValueError(
                 f"{source}: method_overrides: {name!r} is not a method the sweep runs {sorted(run_methods)}{hint}"
             )
+    check_gpu_config(list(sweep.launcher.gpus), sweep.launcher.workers_per_gpu, sweep.launcher.name)
+    if sweep.launcher.gpus:
+        _check_gpu_overrides(sweep, source)
+
+
+GPU_JOB_OVERRIDES = ("trainer.accelerator=gpu", "trainer.devices=1")
+
+
+def _check_gpu_overrides(sweep: SweepConfig, source: str) -> None:
+    """With ``launcher.gpus`` every job runs on its worker's one GPU: refuse overrides that say otherwise."""
+    lists = [("overrides", sweep.overrides)]
+    lists += [(f"dataset_overrides.{k}", v) for k, v in sweep.dataset_overrides.items()]
+    lists += [(f"method_overrides.{k}", v) for k, v in sweep.method_overrides.items()]
+    lists += [(f"variants.{k}.overrides", v.overrides) for k, v in sweep.variants.items()]
+    allowed = dict(item.split("=", 1) for item in GPU_JOB_OVERRIDES)
+    for section, items in lists:
+        for item in items:
+            key, _, value = item.partition("=")
+            if key.strip() in allowed and value.strip() != allowed[key.strip()]:
+                raise ValueError(
+                    f"{source}: {section}: {item!r} conflicts with launcher.gpus={list(sweep.launcher.gpus)} (every "
+                    f"job then runs with {' '.join(GPU_JOB_OVERRIDES)}); remove it, or remove launcher.gpus"
+                )
 
 
 def expand(sweep: SweepConfig) -> list[Job]:
@@ -192,6 +227,7 @@ def expand(sweep: SweepConfig) -> list[Job]:
                     f"output.sweep={sweep.name}",
                     "trainer.progress_bar=false",
                     f"trainer.threads={max(1, sweep.launcher.threads)}",
+                    *(GPU_JOB_OVERRIDES if sweep.launcher.gpus else ()),
                     *([f"data.manifests=[{','.join(manifests)}]"] if manifests else []),
                     *sweep.overrides,
                     *sweep.dataset_overrides.get(dataset, []),
@@ -257,46 +293,11 @@ def _worker_job(overrides: tuple[str, ...], sweep_dir: str) -> tuple[str, str | 
         run_dir, error = run_overrides(overrides), None
     except Exception:  # noqa: BLE001 - one failing job must not stop the sweep
         run_dir, error = "", traceback.format_exc()
-    _log_event(Path(sweep_dir), pid=os.getpid(), start=start, end=time.time(), run_dir=run_dir, error=error)
+    # which local worker ran it and on which device (absent in the serial launcher's own process)
+    names = {"worker": "MSABENCH_WORKER", "cuda_visible_devices": "CUDA_VISIBLE_DEVICES"}
+    where = {key: os.environ[var] for key, var in names.items() if var in os.environ}
+    _log_event(Path(sweep_dir), pid=os.getpid(), start=start, end=time.time(), run_dir=run_dir, error=error, **where)
     return run_dir, error
-
-
-def die_with_parent() -> bool:
-    """Ask the kernel to send this process SIGKILL when its parent (the sweep launcher) dies (Linux
-    ``PR_SET_PDEATHSIG``), so that killing the launcher alone never leaves workers finishing the queue, and a
-    relaunch never runs a job twice. SIGKILL, not SIGTERM: Lightning installs its own SIGTERM handler while it
-    trains, and two workers of a killed launcher were seen to outlive it, ignoring SIGTERM. The job the worker was
-    running is left in its hidden staging folder, which a relaunch removes. False where unsupported (then
-    workers stop at the launcher's next signal)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    if os.getppid() == 1:  # the launcher died before the call
-        os._exit(1)
-    return True
-
-
-def _init_worker(gpu_queue: Any) -> None:
-    import warnings
-
-    die_with_parent()
-
-    import lightning  # noqa: F401 - it sets its loggers to INFO when imported: quiet them afterwards
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    if gpu_queue is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
 
 
 def available_cores() -> int:
@@ -307,33 +308,79 @@ def available_cores() -> int:
 
 
 def plan_workers(launcher: LauncherConfig, n_jobs: int, cores: int | None = None) -> tuple[int, int]:
-    """(workers, threads per worker) such that workers x threads never exceeds the cores
-    (or workers never exceeds the GPUs given), and never more workers than jobs."""
+    """(workers, threads per worker) such that workers x threads never exceeds the cores, never more workers
+    than jobs, and with ``launcher.gpus`` never more workers than GPU slots (`gpu_slots`)."""
     cores = cores or available_cores()
     threads = max(1, launcher.threads)
+    if threads > cores:
+        log.warning("launcher.threads=%d exceeds the %d cores; using %d", threads, cores, cores)
+        threads = cores
+    limit = max(1, cores // threads)
     if launcher.gpus:
-        workers = len(launcher.gpus) if launcher.workers <= 0 else min(launcher.workers, len(launcher.gpus))
-        threads = max(1, min(threads, cores // max(workers, 1)))
+        n_slots = len(gpu_slots(list(launcher.gpus), launcher.workers_per_gpu))
+        workers = n_slots if launcher.workers <= 0 else min(launcher.workers, n_slots)
     else:
-        if threads > cores:
-            log.warning("launcher.threads=%d exceeds the %d cores; using %d", threads, cores, cores)
-            threads = cores
-        limit = max(1, cores // threads)
         workers = limit if launcher.workers <= 0 else launcher.workers
-        if workers > limit:
-            log.warning(
-                "launcher.workers=%d x %d threads would oversubscribe %d cores; using %d workers",
-                workers,
-                threads,
-                cores,
-                limit,
-            )
-            workers = limit
+    if workers > limit:
+        log.warning(
+            "%d workers x %d threads would oversubscribe %d cores; using %d workers", workers, threads, cores, limit
+        )
+        workers = limit
     return max(1, min(workers, max(n_jobs, 1))), threads
 
 
-def launch(sweep: SweepConfig, *, progress: Callable[[str], None] = print) -> dict[str, list[Job]]:
-    """Run every job of the sweep that is not done; returns the final status."""
+def worker_slots(launcher: LauncherConfig, workers: int, threads: int) -> list[WorkerSlot]:
+    """The local pool's ``workers`` slots: the first ``workers`` GPU slots (round-robin over the devices) with
+    ``launcher.gpus``, else CPU slots; each with the environment its process sets before importing torch."""
+    devices: list[int | None] = list(gpu_slots(list(launcher.gpus), launcher.workers_per_gpu)) or [None] * workers
+    return [WorkerSlot(i, gpu, worker_env(gpu, threads)) for i, gpu in enumerate(devices[:workers])]
+
+
+@dataclass
+class LaunchPlan:
+    """What a launch of the sweep's missing jobs would start: printable ``lines`` (workers, threads, each worker's
+    device and environment, the overrides GPU jobs get), the local pool's ``slots`` (empty for serial and slurm),
+    and the ``problems`` that stop a launch on this machine (none: it can start)."""
+
+    lines: list[str]
+    slots: list[WorkerSlot]
+    problems: list[str]
+
+
+def plan_launch(sweep: SweepConfig, n_jobs: int, cores: int | None = None) -> LaunchPlan:
+    """The `LaunchPlan` of ``n_jobs`` jobs on this machine (``cores`` defaults to the cores this process may use)."""
+    problems = []
+    try:
+        check_gpus_present(list(sweep.launcher.gpus))
+    except ValueError as exc:
+        problems.append(str(exc))
+    name = sweep.launcher.name
+    if name != "local":
+        where = "in the launcher's process, one job at a time" if name == "serial" else "as one Slurm array job"
+        return LaunchPlan([f"{name} launcher: {n_jobs} jobs {where}"], [], problems)
+    cores = cores or available_cores()
+    workers, threads = plan_workers(sweep.launcher, n_jobs, cores)
+    if threads != max(1, sweep.launcher.threads):
+        problems.insert(0, (
+            f"launcher.threads={sweep.launcher.threads} exceeds what this machine allows ({threads}); "
+            "lower it (each job's trainer.threads is part of its config and hash)"
+        ))
+    slots = worker_slots(sweep.launcher, workers, threads)
+    lines = [f"local pool: {workers} workers x {threads} threads ({cores} cores: launcher.threads up to "
+             f"{max(1, cores // workers)} fits)"]
+    if sweep.launcher.gpus:
+        per_device = Counter(slot.gpu for slot in slots)
+        lines.append("GPU workers per device: " + ", ".join(f"GPU {g}: {n}" for g, n in sorted(per_device.items())))
+        lines.append(f"every job adds: {' '.join(GPU_JOB_OVERRIDES)} (part of its config hash)")
+    lines += [f"  {slot.describe()}" for slot in slots]
+    return LaunchPlan(lines, slots, problems)
+
+
+def launch(
+    sweep: SweepConfig, *, progress: Callable[[str], None] = print, dry_run: bool = False
+) -> dict[str, list[Job]]:
+    """Run every job of the sweep that is not done; returns the final status. ``dry_run`` prints the plan (the
+    workers, their devices and environment) and what would stop a launch on this machine, and runs nothing."""
     jobs = expand(sweep)
     todo = [j for j in jobs if state(j) != "done"]
     sweep_dir = Path(sweep.root) / sweep.name
@@ -343,6 +390,16 @@ def launch(sweep: SweepConfig, *, progress: Callable[[str], None] = print) -> di
     )
     if not todo:
         return status(jobs)
+    plan = plan_launch(sweep, len(todo))
+    if dry_run:
+        for line in plan.lines + [f"a launch on this machine would stop: {p}" for p in plan.problems]:
+            progress(line)
+        progress("dry run: nothing launched")
+        return status(jobs)
+    if plan.problems:
+        raise ValueError(plan.problems[0])
+    for line in plan.lines:
+        progress(line)
     name = sweep.launcher.name
     failures: list[tuple[Job, str]] = []
     if name == "serial":
@@ -352,22 +409,7 @@ def launch(sweep: SweepConfig, *, progress: Callable[[str], None] = print) -> di
             if error:
                 failures.append((job, error))
     elif name == "local":
-        workers, threads = plan_workers(sweep.launcher, len(todo))
-        if threads != max(1, sweep.launcher.threads):
-            raise ValueError(
-                f"launcher.threads={sweep.launcher.threads} exceeds what this machine allows ({threads}); "
-                "lower it (each job's trainer.threads is part of its config and hash)"
-            )
-        progress(f"local pool: {workers} workers x {threads} threads")
-        ctx = mp.get_context("spawn")
-        gpu_queue = None
-        if sweep.launcher.gpus:
-            gpu_queue = ctx.Manager().Queue()
-            for gpu in sweep.launcher.gpus[:workers]:
-                gpu_queue.put(gpu)
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(gpu_queue,)
-        ) as pool:
+        with worker_pool(plan.slots) as pool:
             futures = {pool.submit(_worker_job, job.overrides, str(sweep_dir)): job for job in todo}
             for i, future in enumerate(as_completed(futures), 1):
                 job = futures[future]

@@ -232,7 +232,7 @@ def test_workers_die_with_their_launcher(tmp_path):
         pytest.skip("PR_SET_PDEATHSIG is Linux-only")
     pid_file = tmp_path / "child.pid"
     child = (
-        "import os, signal, time; from benchmarks.sweep import die_with_parent; assert die_with_parent(); "
+        "import os, signal, time; from benchmarks.workers import die_with_parent; assert die_with_parent(); "
         # Lightning replaces the SIGTERM handler while it trains: the worker must die anyway.
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
