@@ -12,7 +12,6 @@ from benchmarks.readme_blocks import ROOT, documents
 
 # Pages other branches are writing now (faults, GPU, MMCI / CaMIB): a link to one of them is accepted
 # while the file is absent; once it exists, its links and anchors are checked like every other page's.
-PENDING = {"docs/gpu.md"}
 
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~)")
@@ -70,8 +69,7 @@ def broken_links(page: Path, root: Path = ROOT) -> list[str]:
         resolved = (page.parent / file_part).resolve() if file_part else page
         relative = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
         if not resolved.exists():
-            if relative not in PENDING:
-                broken.append(f"{target}: no such file or folder")
+            broken.append(f"{target}: no such file or folder")
             continue
         if anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             broken.append(f"{target}: no heading with id {anchor!r} in {relative}")
@@ -91,7 +89,7 @@ def test_the_checker_finds_broken_links_and_anchors(tmp_path: Path) -> None:
     page = docs / "probe.md"
     page.write_text(
         "# Probe: one `code` heading\n\n[ok](#probe-one-code-heading) [bad anchor](#nowhere) "
-        "[file](design.md#the-house) [other anchor](design.md#the-garden) [gone](missing.md) [pending](gpu.md) "
+        "[file](design.md#the-house) [other anchor](design.md#the-garden) [gone](missing.md)"
         "`[in code](nothing.md)`\n```\n[fenced](nothing.md)\n```\n[web](https://example.org/x)\n",
         encoding="utf-8",
     )
