@@ -71,8 +71,9 @@ also makes that seed's OOD average and gap of Corr NaN, or a cell no run of the 
 as ``nan``; ``resolved`` as ``True`` / ``False``. Lines end with ``\\n``; the file is byte-stable for the same run
 folders.
 
-No oracle *selection* column: a run folder keeps only the predictions of the epoch selected on IID valid, so the
-test metrics of the other epochs, which an OOD-selected oracle needs, are not in the run folders.
+Selection other than IID valid (e.g. the test-domain ``oracle``) is a separate leaderboard: ``--selection NAME``
+recomputes every cell from the per-epoch records (``epochs.npz``; `benchmarks.selection`) into
+``DIR/selection-NAME/``.
 """
 
 from __future__ import annotations
