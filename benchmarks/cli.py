@@ -503,6 +503,23 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mechanisms(args: argparse.Namespace) -> int:
+    from benchmarks.leaderboard import find_runs
+    from benchmarks.mechanisms import key_rows, key_rows_markdown, mechanism_table, summarise, write_summary
+
+    root = Path(args.root)
+    if not root.is_dir() or not find_runs(root)[0]:
+        print(f"msabench mechanisms: no complete run folder (with 'done') under {root}", file=sys.stderr)
+        return 1
+    if args.out:
+        _, markdown = write_summary(root, Path(args.out))
+        print(markdown)
+        print(f"wrote {Path(args.out) / 'mechanisms.csv'} and {Path(args.out) / 'mechanisms.md'}")
+    else:
+        print(key_rows_markdown(key_rows(summarise(mechanism_table(root)))))
+    return 0
+
+
 def _quiet_lightning(verbose: bool) -> None:
     """Lightning sets its loggers to INFO when imported; keep its banner lines out unless -v."""
     if verbose:
@@ -729,6 +746,17 @@ def make_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="also write compare.md and compare.csv into this folder")
     compare.add_argument("--selection", default="iid_valid", help="post-hoc selection rule (default iid_valid)")
     compare.set_defaults(func=_cmd_compare)
+
+    mech = sub.add_parser(
+        "mechanisms",
+        help="what each debiasing mechanism does (MMCI's beta^c, CaMIB's mask, GEAR's weights, h_b probe), over seeds",
+        description="Reads diagnostics.mechanism from every complete run below ROOT (GEAR, MMCI and CaMIB write it at "
+        "their selected weights) and prints the key quantities per row, mean ± std [95 %% bootstrap interval] over "
+        "seeds; docs/algorithms-mmci-camib.md#5-mechanism-diagnostics says how to read them.",
+    )
+    mech.add_argument("root", help="run root, e.g. runs/mechanisms")
+    mech.add_argument("--out", help="also write mechanisms.csv (every scalar) and mechanisms.md into this folder")
+    mech.set_defaults(func=_cmd_mechanisms)
 
     lst = sub.add_parser("list", help="registered methods and datasets")
     lst.set_defaults(func=_cmd_list)

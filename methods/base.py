@@ -222,11 +222,21 @@ class MSAMethod(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._valid_buffer = []
 
+    def predict_with_heads(self, batch: Batch, *, heads: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """``predict(batch)`` and, with ``heads``, ``predict_heads(batch)``: what evaluation scores and records. A
+        method whose prediction and heads come from one forward pass overrides this to run that pass once (MMCI);
+        the values must equal those of the two calls."""
+        extra = self.predict_heads(batch) if heads else {}
+        return self.predict(batch), extra
+
+    def buffer_valid(self, batch: Batch, pred: Tensor, heads: dict[str, Tensor]) -> None:
+        """Keep one validation batch's prediction, heads, labels and dataset indices for the epoch's scoring."""
+        cpu_heads = {k: v.detach().float().cpu() for k, v in heads.items()}
+        self._valid_buffer.append((pred.detach().float().cpu(), batch.label.cpu(), cpu_heads, batch.index.cpu()))
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        heads = {k: v.detach().float().cpu() for k, v in self.predict_heads(batch).items()}
-        self._valid_buffer.append(
-            (self.predict(batch).detach().float().cpu(), batch.label.cpu(), heads, batch.index.cpu())
-        )
+        pred, heads = self.predict_with_heads(batch)
+        self.buffer_valid(batch, pred, heads)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._valid_buffer:
@@ -273,10 +283,11 @@ class MSAMethod(L.LightningModule):
             preds, labels, set_heads = [], [], []
             for batch in dm.iter_eval_batches(name):
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
-                preds.append(self.predict(batch).detach().float().cpu())
+                pred, heads = self.predict_with_heads(batch, heads=self.record_test_heads)
+                preds.append(pred.detach().float().cpu())
                 labels.append(batch.label.cpu())
                 if self.record_test_heads:
-                    set_heads.append({k: v.detach().float().cpu() for k, v in self.predict_heads(batch).items()})
+                    set_heads.append({k: v.detach().float().cpu() for k, v in heads.items()})
             self.recorder.add(
                 epoch, name, torch.cat(labels).numpy(), torch.cat(preds).numpy(),
                 {h: torch.cat([part[h] for part in set_heads]).numpy() for h in set_heads[0]} if set_heads else {},

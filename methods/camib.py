@@ -328,16 +328,28 @@ class CaMIB(MSAMethod):
         return head(x).squeeze(-1)
 
     def predict(self, batch: Batch) -> Tensor:
-        out = self.forward_parts(batch)
+        return self._prediction(self.forward_parts(batch))
+
+    def _prediction(self, out: CaMIBOutput) -> Tensor:
         if self.cfg.inference == "causal":
             return self._score(self.f_c, out.causal)
         return self._score(self.f_int, out.causal + out.shortcut)
 
+    def predict_with_heads(self, batch: Batch, *, heads: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """One forward pass for the prediction and the heads; with ``camib.eval_sample`` each pass draws its own
+        noise, so the two separate passes are kept."""
+        if self.cfg.eval_sample:
+            return super().predict_with_heads(batch, heads=heads)
+        out = self.forward_parts(batch)
+        return self._prediction(out), self._heads(out, len(batch)) if heads else {}
+
     def predict_heads(self, batch: Batch) -> dict[str, Tensor]:
+        return self._heads(self.forward_parts(batch), len(batch))
+
+    def _heads(self, out: CaMIBOutput, n: int) -> dict[str, Tensor]:
         """causal f_c(C), intervened f_int(C + S), shortcut f_s(S), recombined f_int(C_i + S_pi(i))
         (a fixed permutation per call, seed 0), iv f_c(g(V)) and each unimodal decoder g_m(z_m)."""
-        out = self.forward_parts(batch)
-        perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(0)).to(out.fused.device)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(out.fused.device)
         heads = {
             "causal": self._score(self.f_c, out.causal),
             "intervened": self._score(self.f_int, out.causal + out.shortcut),

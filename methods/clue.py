@@ -103,6 +103,12 @@ class Clue(MSAMethod):
         out = self.outputs(batch)
         return {"mm": out.mm, "text": out.text, "fused": out.fused, "counterfactual": out.counterfactual}
 
+    def predict_with_heads(self, batch: Batch, *, heads: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """One forward pass for the prediction and the heads (the same values as the two calls)."""
+        out = self.outputs(batch)
+        extra = {"mm": out.mm, "text": out.text, "fused": out.fused, "counterfactual": out.counterfactual}
+        return out.fused - self.alpha * out.counterfactual, extra if heads else {}
+
     record_test_heads = True  # alpha is re-chosen from fused / counterfactual by post-hoc rules
 
     @classmethod

@@ -159,6 +159,13 @@ class Gear(WeightDiagnostics, MSAMethod):
         hc, hb = self.encode(batch)
         return {f"bias_{m}": self.biased_prediction(m, hc[m], hb[m]) for m in self.modalities}
 
+    def predict_with_heads(self, batch: Batch, *, heads: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """One encoder pass for the prediction and the biased heads (the same values as the two calls)."""
+        hc, hb = self.encode(batch)
+        pred = self.fusion([self.robust_feature(m, hc[m], hb[m]) for m in self.modalities])
+        extra = {f"bias_{m}": self.biased_prediction(m, hc[m], hb[m]) for m in self.modalities} if heads else {}
+        return pred, extra
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self.reset_swap_generator(torch.initial_seed())

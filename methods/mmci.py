@@ -644,7 +644,9 @@ class MMCI(MSAMethod):
     def predict(self, batch: Batch) -> Tensor:
         """``mmci.inference``'s head; ``expectation`` before any memory strata exist (an untrained model)
         falls back to the intervened head on the un-shuffled pair."""
-        out = self.graph_forward(batch)
+        return self._prediction(self.graph_forward(batch))
+
+    def _prediction(self, out: GraphOutput) -> Tensor:
         if self.cfg.inference == "causal":
             return self.f_c(out.causal).squeeze(-1)
         if self.cfg.inference == "expectation" and self.memory_ready:
@@ -652,7 +654,15 @@ class MMCI(MSAMethod):
         return self.f_int(self.combine(out.causal, out.shortcut)).squeeze(-1)
 
     def predict_heads(self, batch: Batch) -> dict[str, Tensor]:
+        return self._heads(self.graph_forward(batch))
+
+    def predict_with_heads(self, batch: Batch, *, heads: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """One graph pass for the prediction and the heads (evaluation is deterministic, so the values equal those
+        of `predict` and `predict_heads`; tested)."""
         out = self.graph_forward(batch)
+        return self._prediction(out), self._heads(out) if heads else {}
+
+    def _heads(self, out: GraphOutput) -> dict[str, Tensor]:
         heads = {
             "causal": self.f_c(out.causal).squeeze(-1),
             "shortcut": self.shortcut_prediction(out.shortcut),
@@ -668,8 +678,9 @@ class MMCI(MSAMethod):
         self.refresh_strata()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        for key, value in self.attention_means(self.graph_forward(batch), reduce=False).items():
+        out = self.graph_forward(batch)  # one pass: prediction, heads and attention means
+        self.buffer_valid(batch, self._prediction(out), self._heads(out))
+        for key, value in self.attention_means(out, reduce=False).items():
             self._valid_sums[key] = self._valid_sums.get(key, 0.0) + float(value.sum())
         self._valid_count += len(batch)
 

@@ -18,6 +18,7 @@ from datamodules.synthetic import generate
 from methods import METHODS
 from methods.bias_id import conflict_flags, shortcut_modalities
 from methods.camib import mask_on_correlated_dims
+from methods.metrics import METRIC_KEYS
 from tests.conftest import TINY_JOB, tiny_synthetic
 from tests.test_methods import _small_cfg
 
@@ -170,3 +171,51 @@ def test_a_run_writes_and_logs_the_mechanism_diagnostics(tmp_path):
 def test_a_method_without_a_mechanism_writes_none(tmp_path):
     run_dir = run_job(build_config([*TINY_JOB, "trainer.max_epochs=1", f"output.root={tmp_path}"]))
     assert "mechanism" not in json.loads((run_dir / "result.json").read_text())["diagnostics"]
+
+
+def _mechanism_runs(root, rows):
+    """Fake complete runs with a ``diagnostics.mechanism`` tree: rows of (label, method, seed, mechanism)."""
+    for label, method, seed, mechanism in rows:
+        run = root / f"{label}-s{seed}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({
+            "method": method, "label": label, "dataset": "synthetic_single", "seed": seed, "test_sets": ["test"],
+            "metrics": {"test": dict.fromkeys(METRIC_KEYS, 0.9)}, "diagnostics": {"mechanism": mechanism},
+        }))
+        (run / "done").write_text("x")
+
+
+def test_mechanism_summary_over_seeds_and_key_quantities(tmp_path, capsys):
+    from benchmarks.cli import main as cli_main
+    from benchmarks.mechanisms import key_rows, mechanism_table, summarise, write_summary
+    from benchmarks.statistics import bootstrap_mean_ci
+
+    gaps = {1111: -0.2, 1112: -0.1, 1113: -0.3}
+    rows = [("mmci", "mmci", s, {"shortcut_modalities": ["text"], "sets": {"valid": {
+        "beta_c": {"text": 0.3, "audio": 0.6, "vision": 0.5}, "shortcut_gap": {"beta_c": g}}}})
+        for s, g in gaps.items()]
+    rows += [("camib", "camib", s, {"top_dims": 8, "sets": {"valid": {"mask_mean": 0.5, "n": 10, "shortcut": {
+        "text": {"z_dims": [1, 2], "mask_on_z_dims": 0.1 * s, "mask_on_y_dims": 0.9}}}}}) for s in (1, 2)]
+    rows += [("baseline", "baseline", 1111, {})]  # no mechanism: skipped
+    _mechanism_runs(tmp_path / "runs", rows)
+    table = mechanism_table(tmp_path / "runs")
+    assert set(table["label"]) == {"mmci", "camib"}
+    leaves = set(table["key"].str.split(".").str[-1])
+    assert not leaves & {"z_dims", "shortcut_modalities"}, "lists are not scalars"
+    summary = summarise(table).set_index(["label", "key"])
+    gap = summary.loc[("mmci", "sets.valid.shortcut_gap.beta_c")]
+    values = list(gaps.values())
+    assert gap["n"] == 3 and gap["mean"] == pytest.approx(np.mean(values))
+    assert gap["std"] == pytest.approx(np.std(values, ddof=1))
+    assert (gap["ci_low"], gap["ci_high"]) == pytest.approx(bootstrap_mean_ci(values))
+    keys = key_rows(summarise(table))
+    assert keys[keys["label"] == "camib"]["key"].tolist() == [
+        "sets.valid.shortcut.text.mask_on_z_dims", "sets.valid.shortcut.text.mask_on_y_dims", "sets.valid.mask_mean",
+    ], "CaMIB's entries only for the modality that carries the shortcut"
+    assert keys[keys["label"] == "mmci"]["key"].tolist()[-1] == "sets.valid.shortcut_gap.beta_c"
+    _, markdown = write_summary(tmp_path / "runs", tmp_path / "out")
+    assert pd.read_csv(tmp_path / "out" / "mechanisms.csv").shape[0] == len(summarise(table))
+    assert "| mmci | beta^c gap" in markdown and (tmp_path / "out" / "mechanisms.md").read_text() == markdown
+    assert cli_main(["mechanisms", str(tmp_path / "runs")]) == 0
+    assert "beta^c, text nodes" in capsys.readouterr().out
+    assert cli_main(["mechanisms", str(tmp_path / "nothing")]) == 1

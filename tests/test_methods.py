@@ -64,6 +64,27 @@ def test_registry_smoke(name, variant):
     assert p1.shape == (len(batch),) and torch.equal(p1, p2), "evaluation is deterministic"
 
 
+@pytest.mark.parametrize("heads", [True, False])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_one_pass_evaluation_equals_predict_and_predict_heads(name, heads):
+    """`predict_with_heads` (one forward pass where a method shares it) gives exactly what evaluation got from
+    `predict` and `predict_heads` called one after the other, after some training (MMCI's memory strata filled)."""
+    torch.manual_seed(0)
+    dm = MSADataModule(generate(tiny_synthetic()), batch_size=32, seed=0)
+    method = METHODS[name](dm.spec, _small_cfg(METHODS[name]))
+    _fit(method, dm, epochs=1)
+    method.eval()
+    for batch in dm.iter_eval_batches("valid"):
+        with torch.no_grad():
+            separate_heads = method.predict_heads(batch) if heads else {}
+            separate = method.predict(batch)
+            pred, joint_heads = method.predict_with_heads(batch, heads=heads)
+        assert torch.equal(pred, separate)
+        assert set(joint_heads) == set(separate_heads)
+        for key, value in joint_heads.items():
+            assert torch.equal(value, separate_heads[key]), key
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_parameter_is_in_an_optimiser_group(name):
     bundle = generate(tiny_synthetic())
