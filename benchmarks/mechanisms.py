@@ -50,6 +50,18 @@ KEY_QUANTITIES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# The one or two numbers per method that say whether its mechanism separates the shortcut (README): (method, key
+# template, short name). The same keys as :data:`KEY_QUANTITIES`.
+HEADLINE_QUANTITIES: tuple[tuple[str, str, str], ...] = (
+    ("mmci", "sets.valid.shortcut_gap.beta_c", "β^c gap"),
+    ("mmci", "sets.valid.shortcut_gap.alpha_c_from_shortcut", "α^c gap"),
+    ("camib", "sets.valid.shortcut.{m}.mask_on_z_dims", "mask on z dims"),
+    ("camib", "sets.valid.shortcut.{m}.mask_on_y_dims", "mask on y dims"),
+    ("gear", "weights.train.auroc", "weight AUROC vs conflict"),
+    ("gear", "hb_shuffle_probe.valid.relative_change", "h_b-shuffle change"),
+)
+
+
 def _flatten(tree: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
     """Dotted keys -> float for every numeric leaf (bools and lists such as ``z_dims`` are not scalars)."""
     if isinstance(tree, dict):
@@ -93,15 +105,15 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
 
 
-def key_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """The :data:`KEY_QUANTITIES` of every row of ``summary`` whose method has them, in that order, with a
+def key_rows(summary: pd.DataFrame, quantities: tuple[tuple[str, str, str], ...] = KEY_QUANTITIES) -> pd.DataFrame:
+    """The ``quantities`` (:data:`KEY_QUANTITIES`) of every row of ``summary`` whose method has them, in order, with a
     ``quantity`` column saying what each is. ``{m}`` stands for each modality the summary has that key for (the
     CaMIB entries exist only for the modalities that carry a ground-truth shortcut)."""
     picked: list[pd.DataFrame] = []
     for (_, _), part in summary.groupby(["label", "dataset"], sort=False):
         method = str(part["method"].iloc[0])
         by_key = part.set_index("key")
-        for owner, template, text in KEY_QUANTITIES:
+        for owner, template, text in quantities:
             if owner != method:
                 continue
             keys = [(template, text)] if "{m}" not in template else [
@@ -147,3 +159,15 @@ def write_summary(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
     atomic_write_text(out / "mechanisms.csv", summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(out / "mechanisms.md", markdown)
     return summary, markdown
+
+
+def headline_markdown(summary: pd.DataFrame) -> str:
+    """One line per row: the :data:`HEADLINE_QUANTITIES` of its method as ``name mean [95 % interval]``."""
+    rows = key_rows(summary, HEADLINE_QUANTITIES)
+    if rows.empty:
+        return "No run wrote mechanism diagnostics.\n"
+    lines = ["| row | dataset | seeds | mean [95 % interval] over seeds, on IID valid |", "|---|---|---:|---|"]
+    for (label, dataset), part in rows.groupby(["label", "dataset"], sort=False):
+        cells = "; ".join(f"{r.quantity} {r.mean:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in part.itertuples())
+        lines.append(f"| {label} | {dataset} | {int(part['n'].min())} | {cells} |")
+    return "\n".join(lines) + "\n"

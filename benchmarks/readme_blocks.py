@@ -14,7 +14,8 @@ Blocks (:data:`BLOCKS`; each may appear in any of those files, at most once per 
 * ``ablations``: each seed method, its ablations and variants against its matched baseline and against the full
   method (``docs/results/ablations/leaderboard.csv`` and ``compare.csv``, `msabench compare`);
 * ``tuning``: the equal-budget lambda grids and what IID valid chose (``docs/results/tuning/*.json``);
-* ``mechanisms``: the mechanism diagnostics' key quantities (``docs/results/mechanisms/mechanisms.csv``);
+* ``mechanisms``: the mechanism diagnostics' key quantities (``docs/results/mechanisms/mechanisms.csv``), and
+  ``mechanisms-headline`` one line per row of them;
 * ``ci-calibration``: the CI check's calibration (``benchmarks/reference/ci.calibration.json``);
 * ``methods``: the method registry (``methods.METHODS``);
 * ``config-job``, ``config-model``, ``config-methods``, ``config-datasets``, ``config-sweep``, ``config-split``: the
@@ -276,16 +277,16 @@ def render_tuning(folder: Path = TUNING) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_mechanisms(csv_path: Path = MECHANISMS_CSV) -> str:
+def render_mechanisms(csv_path: Path = MECHANISMS_CSV, *, headline: bool = False) -> str:
     """The key mechanism quantities (`benchmarks.mechanisms.KEY_QUANTITIES`) from a summary CSV of
-    `msabench mechanisms --out`."""
-    from benchmarks.mechanisms import SUMMARY_COLUMNS, key_rows, key_rows_markdown
+    `msabench mechanisms --out`; ``headline``: one line per row (``HEADLINE_QUANTITIES``, for the README)."""
+    from benchmarks.mechanisms import SUMMARY_COLUMNS, headline_markdown, key_rows, key_rows_markdown
 
     summary = pd.read_csv(csv_path)
     absent = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
     if absent:
         raise ValueError(f"{csv_path}: no column(s) {absent}; regenerate it with `msabench mechanisms --out`")
-    return key_rows_markdown(key_rows(summary))
+    return headline_markdown(summary) if headline else key_rows_markdown(key_rows(summary))
 
 
 def render_methods() -> str:
@@ -333,6 +334,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "ablations": lambda: render_ablations(ABLATIONS),
     "tuning": lambda: render_tuning(TUNING),
     "mechanisms": lambda: render_mechanisms(MECHANISMS_CSV),
+    "mechanisms-headline": lambda: render_mechanisms(MECHANISMS_CSV, headline=True),
     "ci-calibration": _calibration,
     "methods": render_methods,
     **{f"config-{name}": _config(name) for name in ("job", "model", "methods", "datasets", "sweep", "split")},

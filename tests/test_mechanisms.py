@@ -187,7 +187,7 @@ def _mechanism_runs(root, rows):
 
 def test_mechanism_summary_over_seeds_and_key_quantities(tmp_path, capsys):
     from benchmarks.cli import main as cli_main
-    from benchmarks.mechanisms import key_rows, mechanism_table, summarise, write_summary
+    from benchmarks.mechanisms import headline_markdown, key_rows, mechanism_table, summarise, write_summary
     from benchmarks.statistics import bootstrap_mean_ci
 
     gaps = {1111: -0.2, 1112: -0.1, 1113: -0.3}
@@ -219,3 +219,6 @@ def test_mechanism_summary_over_seeds_and_key_quantities(tmp_path, capsys):
     assert cli_main(["mechanisms", str(tmp_path / "runs")]) == 0
     assert "beta^c, text nodes" in capsys.readouterr().out
     assert cli_main(["mechanisms", str(tmp_path / "nothing")]) == 1
+    headline = headline_markdown(summarise(table))
+    assert "| mmci | synthetic_single | 3 | β^c gap -0.200 [" in headline
+    assert "| camib | synthetic_single | 2 | mask on z dims (text) 0.150 [" in headline

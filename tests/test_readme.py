@@ -24,9 +24,11 @@ from benchmarks.readme_blocks import (
     documents,
     markers,
     refresh,
+    render_ablations,
     render_results,
     render_seed_count,
     render_selection,
+    render_tuning,
     replace_block,
 )
 from datamodules import DATASETS, get_dataset
@@ -104,6 +106,56 @@ def test_selection_table_needs_leaderboards_with_selected_epochs(tmp_path: Path)
     pd.read_csv(RESULTS_CSV).drop(columns=["selected_epochs"]).to_csv(old, index=False)
     with pytest.raises(ValueError, match="no column 'selected_epochs'"):
         render_selection(old, old)
+
+
+def test_ablation_table_puts_each_method_between_its_matched_baseline_and_its_ablations(tmp_path: Path) -> None:
+    board = pd.DataFrame([
+        {"label": label, "kind": "method", "dataset": "synthetic_shared", "headline_set": "ood_tav", "n_seeds": 3,
+         "seeds": "1111;1112;1113", "headline/mean": mean, "headline/std": 1.0, "headline/ci_low": mean - 1,
+         "headline/ci_high": mean + 1}
+        for label, mean in (("baseline", 60.0), ("gear", 70.0), ("gear_noipw", 65.0), ("gear_noswap", 69.5))
+    ])
+    board.to_csv(tmp_path / "leaderboard.csv", index=False)
+    compare = pd.DataFrame([
+        {"dataset": "synthetic_shared", "comparison": kind, "row": row, "reference": ref, "n_pairs": 3,
+         "row_headline": 0.0, "reference_headline": 0.0, "diff": diff, "ci_low": low, "ci_high": high,
+         "p_better": p, "resolved": low > 0 or high < 0}
+        for kind, row, ref, diff, low, high, p in (
+            ("matched", "gear", "baseline", 10.0, 8.0, 12.0, 1.0),
+            ("matched", "gear_noipw", "baseline", 5.0, 3.0, 7.0, 1.0),
+            ("matched", "gear_noswap", "baseline", 9.5, -1.0, 20.0, 0.67),
+            ("term", "gear", "gear_noipw", 5.0, 1.0, 9.0, 1.0),
+            ("term", "gear", "gear_noswap", 0.5, -2.0, 3.0, 0.67),
+        )
+    ])
+    compare.to_csv(tmp_path / "compare.csv", index=False)
+    lines = [line for line in render_ablations(tmp_path).splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0] for line in lines] == [
+        "| baseline (matched baseline)", "| gear", "| gear_noipw", "| gear_noswap",
+    ]
+    assert lines[1].endswith("| 70.00 ± 1.00 [69.00, 71.00] | +10.00 [+8.00, +12.00] | 1.00 | — | — |")
+    assert lines[2].endswith("| +5.00 [+3.00, +7.00] | 1.00 | +5.00 [+1.00, +9.00] | acts |")
+    assert lines[3].endswith("| +0.50 [-2.00, +3.00] | **not resolved** |")
+    compare.drop(columns="resolved").to_csv(tmp_path / "compare.csv", index=False)
+    with pytest.raises(ValueError, match="compare.csv: no column 'resolved'"):
+        render_ablations(tmp_path)
+
+
+def test_tuning_table_lists_each_recorded_choice(tmp_path: Path) -> None:
+    import json
+
+    with pytest.raises(ValueError, match="no tuning record"):
+        render_tuning(tmp_path)
+    record = {"prefix": "mmci_s", "seeds": [1111], "label": "mmci_s03_int10", "key": "mae", "valid": 0.5,
+              "by_label": {"mmci_s03_int10": 0.5, "mmci_s01_int01": 0.9}, "overrides": ["mmci.lambda_s=0.3"]}
+    (tmp_path / "mmci.json").write_text(json.dumps(record))
+    table = render_tuning(tmp_path)
+    row = "| `mmci` (mmci_s*) | 2 | 1111 | `mmci_s03_int10` | `mmci.lambda_s=0.3` | mae 0.5000 | 0.5000 – 0.9000 |"
+    assert row in table
+    del record["by_label"]
+    (tmp_path / "mmci.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="mmci.json: no field 'by_label'"):
+        render_tuning(tmp_path)
 
 
 def test_seed_count_follows_the_seed_spread(tmp_path: Path) -> None:
