@@ -78,8 +78,10 @@ recomputes every cell from the per-epoch records (``epochs.npz``; `benchmarks.se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import math
 import os
 import tempfile
@@ -218,21 +220,31 @@ def _read_predictions(path: Path) -> pd.DataFrame:
     return df
 
 
+_DONE_SHA = re.compile(r"^result\.json sha256 ([0-9a-f]{64})$", re.MULTILINE)
+
+
 def load_run(run_dir: str | os.PathLike[str], *, recompute: bool = False) -> dict[str, Any]:
     """The run's ``result.json``; with ``recompute=True`` its per-set metrics come from ``predictions.csv``.
 
     Recomputed metrics use :func:`msa_metrics` with 4 decimals, as the run itself does. Raises ``ValueError`` when
-    a required field, a test set's metrics or its predictions are missing, or a test set is named like a derived
-    column (``ood_avg``, ``gap``).
+    a required field, a test set's metrics or its predictions are missing, a test set is named like a derived
+    column (``ood_avg``, ``gap``), or ``result.json`` is not the file the run wrote (the SHA-256 in ``done``).
     """
     run_dir = Path(run_dir)
     path = run_dir / "result.json"
     done = run_dir / "done"
-    if done.is_file() and not done.read_text(encoding="utf-8", errors="replace").strip():
+    stamp = done.read_text(encoding="utf-8", errors="replace") if done.is_file() else None
+    if stamp is not None and not stamp.strip():
         raise ValueError(f"{done} is empty: the job did not finish writing its folder; delete {run_dir} and rerun it")
+    raw = path.read_bytes()
+    recorded = _DONE_SHA.search(stamp or "")
+    if recorded and hashlib.sha256(raw).hexdigest() != recorded.group(1):
+        raise ValueError(
+            f"{path} differs from the file the run wrote (its SHA-256 is not the one {done} records): it was edited "
+            f"or damaged after the run finished; restore it or delete {run_dir} and rerun the job"
+        )
     try:
-        with path.open(encoding="utf-8") as fh:
-            result: dict[str, Any] = json.load(fh)  # accepts the NaN tokens json.dumps(allow_nan=True) writes
+        result: dict[str, Any] = json.loads(raw.decode("utf-8"))  # accepts the NaN tokens json.dumps writes
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); the run folder is damaged: delete it and rerun") from exc
     if not isinstance(result, dict):

@@ -151,12 +151,20 @@ def test_a_sweep_file_that_is_not_yaml_is_one_line(results, tmp_path, capsys):
     assert _snapshot(root) == before
 
 
+def _unstamped(run, text):
+    """Replace result.json by ``text`` in a run whose ``done`` predates the SHA-256 line (older runs)."""
+    (run / "result.json").write_text(text)
+    (run / "done").write_text("2026-01-01T00:00:00+0000\n")
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda run: (run / "result.json").write_text('{"method": "base'), "result.json is not valid JSON"),
-        (lambda run: (run / "result.json").write_text("[1, 2]"), "result.json: expected a JSON object, got list"),
+        (lambda run: _unstamped(run, '{"method": "base'), "result.json is not valid JSON"),
+        (lambda run: _unstamped(run, "[1, 2]"), "result.json: expected a JSON object, got list"),
         (lambda run: (run / "done").write_text(""), "done is empty"),
+        (lambda run: (run / "result.json").write_text((run / "result.json").read_text().replace("0.", "0.9", 1)),
+         "result.json differs from the file the run wrote"),
     ],
 )
 def test_leaderboard_names_a_damaged_run_folder(results, capsys, damage, message):
