@@ -79,18 +79,30 @@ def _num(value: Any, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
+def verdict(kind: str, diff: float, resolved: bool) -> str:
+    """The word for one comparison: for a ``term`` (full − variant) ``acts: full >`` / ``acts: full <`` (the
+    variant, e.g. an ablation, is worse / better than the full method), for ``matched`` ``above`` / ``below`` the
+    matched baseline; ``**not resolved**`` when the interval includes 0."""
+    if not resolved:
+        return "**not resolved**"
+    if kind == "term":
+        return "acts: full >" if diff > 0 else "acts: full <"
+    return "above" if diff > 0 else "below"
+
+
 def comparisons_markdown(frame: pd.DataFrame) -> str:
     """Per dataset: each method row against its matched baseline, then each variant against its method (full -
-    variant), with the interval, P(> reference) and whether the seeds resolve the difference."""
+    variant), with the interval, P(> reference) and the :func:`verdict`."""
     lines = [
         "# Matched baselines and ablations",
         "",
         "Headline = Non0_acc_2 on the set where every shortcut is broken (x100, mean over seeds). Δ = paired "
         "difference over the seeds both rows have, with its 95 % bootstrap interval; P(>) = share of those seeds "
-        "where the first row is higher (ties 1/2); **not resolved** = the interval includes 0.",
+        "where the first row is higher (ties 1/2); **not resolved** = the interval includes 0; a term **acts** when "
+        "full − variant excludes 0 (`full >`: the variant is worse than the full method, `full <`: better).",
     ]
     for dataset, part in frame.groupby("dataset", sort=True):
-        for kind, title, first, second, verdict in (
+        for kind, title, first, second, column in (
             ("matched", "against the matched-architecture baseline", "row", "matched baseline", "vs matched"),
             ("term", "does the term act? full method - variant", "method", "variant", "term"),
         ):
@@ -99,13 +111,10 @@ def comparisons_markdown(frame: pd.DataFrame) -> str:
                 continue
             lines += ["", f"## {dataset}: {title}", "",
                       f"| {first} | {second} | pairs | {first} headline | {second} headline | Δ [95% CI] | P(>) | "
-                      f"{verdict} |",
+                      f"{column} |",
                       "|---|---|---:|---:|---:|---:|---:|---|"]
             for r in block.itertuples(index=False):
-                if kind == "term":
-                    state = "acts" if r.resolved else "**not resolved**"
-                else:
-                    state = "resolved" if r.resolved else "**not resolved**"
+                state = verdict(kind, r.diff, r.resolved)
                 lines.append(
                     f"| {r.row} | {r.reference} | {r.n_pairs} | {_num(r.row_headline)} | {_num(r.reference_headline)} "
                     f"| {_num(r.diff, True)} [{_num(r.ci_low, True)}, {_num(r.ci_high, True)}] | "

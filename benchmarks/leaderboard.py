@@ -81,9 +81,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path

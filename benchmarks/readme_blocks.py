@@ -204,7 +204,9 @@ def _signed_interval(diff: float, low: float, high: float) -> str:
 def render_ablations(folder: Path = ABLATIONS) -> str:
     """Per seed method (every row whose method has variants or a matched baseline in ``compare.csv``): the matched
     baseline, the full method, then each variant, with the headline (mean ± std [95 % interval]), Δ and P against
-    the matched baseline, and Δ = full − variant with the verdict "acts" / "not resolved"."""
+    the matched baseline, and Δ = full − variant with `benchmarks.compare.verdict`."""
+    from benchmarks.compare import verdict as compare_verdict
+
     board = _leaderboard(folder / "leaderboard.csv").set_index(["label", "dataset"])
     compare = pd.read_csv(folder / "compare.csv")
     for column in ("comparison", "row", "reference", "diff", "ci_low", "ci_high", "p_better", "resolved"):
@@ -220,7 +222,8 @@ def render_ablations(folder: Path = ABLATIONS) -> str:
             f"**{dataset}**: headline = Non0 Acc-2 on `{board.xs(dataset, level='dataset')['headline_set'].iloc[0]}` "
             f"(x100), seeds {', '.join(map(str, seeds))}; mean ± std [95 % bootstrap interval]. Δ are paired over "
             "seeds with their 95 % interval; P = share of seeds above the matched baseline. A term **acts** when "
-            "Δ(full − ablation) excludes 0.",
+            "Δ(full − row) excludes 0: `full >` = the row (an ablation or alternative) is worse than the full method, "
+            "`full <` = better.",
             "",
             "| row | headline | Δ vs matched baseline | P(> matched) | Δ full − row | term |",
             "|---|---:|---:|---:|---:|---|",
@@ -242,7 +245,7 @@ def render_ablations(folder: Path = ABLATIONS) -> str:
                 if not term.empty:
                     first = term.iloc[0]
                     acts = _signed_interval(first["diff"], first["ci_low"], first["ci_high"])
-                    verdict = "acts" if bool(first["resolved"]) else "**not resolved**"
+                    verdict = compare_verdict("term", float(first["diff"]), bool(first["resolved"]))
                 name = f"{label} (matched baseline)" if label == reference else label
                 lines.append(
                     f"| {name} | {_cell(row, 'headline', interval=True)} | {versus} | {p_better} | {acts} | {verdict} |"

@@ -134,7 +134,7 @@ def test_ablation_table_puts_each_method_between_its_matched_baseline_and_its_ab
         "| baseline (matched baseline)", "| gear", "| gear_noipw", "| gear_noswap",
     ]
     assert lines[1].endswith("| 70.00 ± 1.00 [69.00, 71.00] | +10.00 [+8.00, +12.00] | 1.00 | — | — |")
-    assert lines[2].endswith("| +5.00 [+3.00, +7.00] | 1.00 | +5.00 [+1.00, +9.00] | acts |")
+    assert lines[2].endswith("| +5.00 [+3.00, +7.00] | 1.00 | +5.00 [+1.00, +9.00] | acts: full > |")
     assert lines[3].endswith("| +0.50 [-2.00, +3.00] | **not resolved** |")
     compare.drop(columns="resolved").to_csv(tmp_path / "compare.csv", index=False)
     with pytest.raises(ValueError, match="compare.csv: no column 'resolved'"):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.cli import main as cli_main
-from benchmarks.compare import comparisons, comparisons_markdown
+from benchmarks.compare import comparisons, comparisons_markdown, verdict
 from benchmarks.leaderboard import build_leaderboard
 from benchmarks.statistics import paired_difference
 from benchmarks.sweep import expand, load_sweep
@@ -132,9 +132,12 @@ def test_compare_pairs_each_row_with_its_matched_baseline_and_each_variant_with_
     assert not no_int.resolved and by[("term", "mmci", "mmci_legacy")].resolved
     markdown = comparisons_markdown(frame)
     assert "| mmci | mmci_no_int | 3 | 77.00 | 76.83 | +0.17 [" in markdown and "**not resolved** |" in markdown
-    assert "| mmci | mmci_legacy | 3 | 77.00 | 71.00 | +6.00 [" in markdown and "| acts |" in markdown
+    assert "| mmci | mmci_legacy | 3 | 77.00 | 71.00 | +6.00 [" in markdown and "| acts: full > |" in markdown
     with pytest.raises(ValueError, match="no per-seed records"):
         comparisons(pd.DataFrame())
+    assert [verdict("term", d, r) for d, r in ((2.0, True), (-2.0, True), (2.0, False))] == [
+        "acts: full >", "acts: full <", "**not resolved**"]
+    assert [verdict("matched", d, True) for d in (1.0, -1.0)] == ["above", "below"]
 
 
 def test_compare_on_the_leaderboard_fixture_and_the_cli(tmp_path, capsys):
