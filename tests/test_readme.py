@@ -36,8 +36,8 @@ from methods import METHODS
 
 # Where the documentation promises each generated block.
 PLACES = {
-    "README.md": {"results", "methods"},
-    "docs/results.md": {"results", "selection", "seed-count", "results-scenarios"},
+    "README.md": {"results", "methods", "ablations", "mechanisms-headline"},
+    "docs/results.md": {"results", "selection", "seed-count", "results-scenarios", "ablations", "tuning", "mechanisms"},
     "docs/protocol.md": {"ci-calibration"},
     "docs/cli.md": {"config-job", "config-model", "config-methods", "config-datasets", "config-sweep", "config-split"},
 }
@@ -136,6 +136,9 @@ def test_ablation_table_puts_each_method_between_its_matched_baseline_and_its_ab
     assert lines[1].endswith("| 70.00 ± 1.00 [69.00, 71.00] | +10.00 [+8.00, +12.00] | 1.00 | — | — |")
     assert lines[2].endswith("| +5.00 [+3.00, +7.00] | 1.00 | +5.00 [+1.00, +9.00] | acts: full > |")
     assert lines[3].endswith("| +0.50 [-2.00, +3.00] | **not resolved** |")
+    assert "* `gear`: above `baseline`; `gear_noipw` scores lower; not resolved: `gear_noswap`." in render_ablations(
+        tmp_path
+    )
     compare.drop(columns="resolved").to_csv(tmp_path / "compare.csv", index=False)
     with pytest.raises(ValueError, match="compare.csv: no column 'resolved'"):
         render_ablations(tmp_path)

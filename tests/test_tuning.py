@@ -151,3 +151,23 @@ def test_compare_on_the_leaderboard_fixture_and_the_cli(tmp_path, capsys):
     assert "# Matched baselines and ablations" in capsys.readouterr().out
     assert (tmp_path / "compare.md").read_text() == comparisons_markdown(frame)
     assert pd.read_csv(tmp_path / "compare.csv")["row"].tolist() == frame["row"].tolist()
+
+
+def test_the_chosen_values_run_on_every_seed_of_the_ablation_sweep():
+    """Each recorded choice (docs/results/tuning/<method>.json, `msabench tune --out`) is the variant
+    ``<method>_tuned`` of the ablation sweep with exactly the chosen overrides, on every seed of that sweep; a choice
+    that is the method's default needs no such row (the plain method row is it)."""
+    records = sorted((ROOT / "docs" / "results" / "tuning").glob("*.json"))
+    assert {p.stem for p in records} == {"mmci", "camib", "gear"}
+    sweep = load_sweep(SWEEPS / "ablations.yaml")
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["split"] == "valid" and record["seeds"] == [1111] and len(record["by_label"]) == 7
+        defaults = METHODS[path.stem].config_class()
+        chosen = {o.split("=", 1)[0].split(".", 1)[1]: float(o.split("=", 1)[1]) for o in record["overrides"]}
+        variant = sweep.variants.get(f"{path.stem}_tuned")
+        if all(float(getattr(defaults, key)) == value for key, value in chosen.items()):
+            assert variant is None, f"{path.stem}'s choice is its default: no {path.stem}_tuned row is needed"
+            continue
+        assert variant is not None, f"ablations.yaml has no {path.stem}_tuned row for the choice in {path}"
+        assert variant.method == path.stem and sorted(variant.overrides) == sorted(record["overrides"])
