@@ -44,7 +44,7 @@ KEY_QUANTITIES: tuple[tuple[str, str, str], ...] = (
     ("gear", "weights.train.mean_w_conflict", "mean weight, conflicting train samples"),
     ("gear", "weights.train.mean_w_aligned", "mean weight, aligned train samples"),
     ("gear", "hb_shuffle_probe.valid.relative_change",
-     "h_b shuffled: mean |Δ prediction| / std(prediction) (0: ignores h_b)"),
+     "h_b shuffled: mean abs. change of the prediction / its std (0: ignores h_b)"),
     ("gear", "hb_shuffle_probe.valid.non0_acc2", "Non0 Acc-2, valid"),
     ("gear", "hb_shuffle_probe.valid.non0_acc2_shuffled", "Non0 Acc-2, valid, h_b shuffled"),
 )
