@@ -505,7 +505,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_mechanisms(args: argparse.Namespace) -> int:
     from benchmarks.leaderboard import find_runs
-    from benchmarks.mechanisms import key_rows, key_rows_markdown, mechanism_table, summarise, write_summary
+    from benchmarks.mechanisms import summary_of, write_summary
 
     root = Path(args.root)
     if not root.is_dir() or not find_runs(root)[0]:
@@ -516,7 +516,7 @@ def _cmd_mechanisms(args: argparse.Namespace) -> int:
         print(markdown)
         print(f"wrote {Path(args.out) / 'mechanisms.csv'} and {Path(args.out) / 'mechanisms.md'}")
     else:
-        print(key_rows_markdown(key_rows(summarise(mechanism_table(root)))))
+        print(summary_of(root)[1])
     return 0
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from benchmarks.leaderboard import find_runs, load_run, row_label
 from benchmarks.statistics import bootstrap_mean_ci
 from datamodules.atomic import atomic_write_text
+from datamodules.schema import MODALITIES
 
 TABLE_COLUMNS = ("label", "method", "dataset", "seed", "key", "value")
 SUMMARY_COLUMNS = ("label", "method", "dataset", "key", "n", "mean", "std", "ci_low", "ci_high")
@@ -117,7 +118,7 @@ def key_rows(summary: pd.DataFrame, quantities: tuple[tuple[str, str, str], ...]
             if owner != method:
                 continue
             keys = [(template, text)] if "{m}" not in template else [
-                (template.format(m=m), f"{text} ({m})") for m in ("text", "audio", "vision")
+                (template.format(m=m), f"{text} ({m})") for m in MODALITIES
             ]
             for key, quantity in keys:
                 if key in by_key.index:
@@ -150,11 +151,16 @@ def key_rows_markdown(rows: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_summary(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[pd.DataFrame, str]:
-    """Summarise the runs below ``root`` into ``out/mechanisms.csv`` (every scalar) and ``out/mechanisms.md`` (the
-    key quantities); returns the summary and the Markdown. Written atomically, so a failure leaves the old files."""
+def summary_of(root: str | os.PathLike[str]) -> tuple[pd.DataFrame, str]:
+    """The runs below ``root`` summarised (every scalar) and the Markdown of their key quantities."""
     summary = summarise(mechanism_table(root))
-    markdown = key_rows_markdown(key_rows(summary))
+    return summary, key_rows_markdown(key_rows(summary))
+
+
+def write_summary(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[pd.DataFrame, str]:
+    """:func:`summary_of` written to ``out/mechanisms.csv`` (every scalar) and ``out/mechanisms.md`` (the key
+    quantities); returns both. Written atomically, so a failure leaves the old files."""
+    summary, markdown = summary_of(root)
     out = Path(out)
     atomic_write_text(out / "mechanisms.csv", summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     atomic_write_text(out / "mechanisms.md", markdown)
