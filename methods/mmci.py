@@ -245,11 +245,16 @@ class RelationBlock(nn.Module):
         """(alpha^c, alpha^s) per edge, (B, n_target, n_source, 2), a softmax over the last axis.
 
         Linear(2d -> d) on the concatenation [h_i ; h_j] is applied as the sum of its two halves, which is
-        the same map without materialising every pair's 2d input."""
+        the same map without materialising every pair's 2d input. The softmax of the two logits is computed as
+        sigmoid(+-(l^c - l^s)), with l^c - l^s from the difference of ``edge_out``'s two rows: the same function,
+        but the (B, n_target, n_source, d) hidden layer meets one weight vector instead of two."""
         d = h_target.shape[-1]
         a = F.linear(h_target, self.edge.weight[:, :d], self.edge.bias)
         b = F.linear(h_source, self.edge.weight[:, d:])
-        return torch.softmax(self.edge_out(torch.relu(a[:, :, None] + b[:, None])), dim=-1)
+        hidden = torch.relu_(a[:, :, None] + b[:, None])
+        w, bias = self.edge_out.weight, self.edge_out.bias
+        diff = hidden @ (w[0] - w[1]) + (bias[0] - bias[1])
+        return torch.sigmoid(torch.stack([diff, -diff], dim=-1))
 
     def messages(self, alpha: Tensor, xc_source: Tensor, xs_source: Tensor, edge_mask: Tensor) -> tuple[Tensor, Tensor]:
         """m^c_i = (1/|N(i)|) sum_j alpha^c_ij W^c x^c_j, and m^s likewise from x^s; each (B, n_target, d).

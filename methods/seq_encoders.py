@@ -10,7 +10,9 @@ sequence; padding follows it, as in the Batch contract).
   (`methods.backbone.TextFinetuneEncoder`, same loading and optimiser tag), last layer's token states
   -> Linear(hidden -> d);
 * audio / vision: padded frames zeroed, Conv1d(d_m -> d, k=3, same padding) -> sinusoidal positions ->
-  TransformerEncoder (post-norm, ReLU) with a key-padding mask from the lengths.
+  TransformerEncoder (post-norm, ReLU) with a key-padding mask from the lengths. Training on the CPU runs the
+  layers through `post_norm_layer` (the same function, the same dropout draws, less time: docs/gpu.md "Profile
+  notes"); eval mode and CUDA use torch's own TransformerEncoder (its fused kernels).
 
 Every module carries ``optim_group = "modality"`` (the fine-tuned text encoder inside keeps its own
 ``text_encoder`` group), which `methods.base` reads to build the optimiser's parameter groups.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.schema import Batch, FeatureSpec
@@ -60,12 +63,50 @@ def step_mask(x: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
 
 
+def key_padding_bias(mask: Tensor, heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Built once per batch and shared by every layer: the additive attention bias (B * heads, 1, L), -inf at padded
+    keys, and the per-(sample, head) factor (B * heads, 1, 1) that is 0 for a sample without any valid step.
+
+    Such a sample's keys are left unmasked (a softmax over only -inf would be NaN) and its attention output is
+    multiplied by 0, which is what torch's ``_safe_softmax`` gives it (attention weights of 0)."""
+    has_steps = mask.any(1, keepdim=True)
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask & has_steps, float("-inf"))
+    batch, steps = mask.shape
+    bias = bias[:, None, None, :].expand(batch, heads, 1, steps).reshape(batch * heads, 1, steps)
+    keep = has_steps.to(dtype)[:, None, :].expand(batch, heads, 1).reshape(batch * heads, 1, 1)
+    return bias, keep
+
+
+def post_norm_layer(layer: nn.TransformerEncoderLayer, x: Tensor, bias: Tensor, keep: Tensor) -> Tensor:
+    """``layer(x, src_key_padding_mask=...)`` of a post-norm ReLU layer (batch first), written out.
+
+    The same function on the same parameters with the same dropout draws, in the same order and on tensors of the
+    same shapes and memory layouts as torch's own path (the attention weights (B, h, L, L); the attention block's
+    output laid out (L, B, d) in memory), so a seeded run keeps its random stream. Faster in training because it
+    skips the per-layer mask conversion and checks, uses the shared ``bias`` from `key_padding_bias` in one
+    ``baddbmm`` and a plain softmax instead of torch's NaN-guarding ``_safe_softmax``."""
+    attn = layer.self_attn
+    batch, steps, width = x.shape
+    heads = attn.num_heads
+    head_dim = width // heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(batch, steps, 3, heads, head_dim)
+    q, k, v = (qkv[:, :, i].transpose(1, 2).reshape(batch * heads, steps, head_dim) for i in range(3))
+    scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(head_dim))
+    weights = F.dropout(torch.softmax(scores, dim=-1), attn.dropout, layer.training)
+    out = torch.bmm(weights, v) * keep
+    out = out.view(batch, heads, steps, head_dim).permute(2, 0, 1, 3).reshape(steps * batch, width)
+    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias).view(steps, batch, width).transpose(0, 1)
+    x = layer.norm1(x + layer.dropout1(out))
+    ff = layer.linear2(layer.dropout(torch.relu(layer.linear1(x))))
+    return layer.norm2(x + layer.dropout2(ff))
+
+
 class ConvTransformerEncoder(nn.Module):
     """Frames (B, L, d_in) -> Conv1d(k) -> + sinusoidal positions -> TransformerEncoder -> (B, L, d).
 
     Padded steps are zeroed before the convolution (so the valid edge frames see the same zero
     context as the convolution's own padding) and excluded as attention keys; their outputs are
-    meaningless and must be masked by the caller.
+    meaningless and must be masked by the caller. Training runs the layers through `post_norm_layer`.
     """
 
     def __init__(
@@ -81,13 +122,27 @@ class ConvTransformerEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(d_model=d, nhead=heads, dim_feedforward=ff, dropout=dropout,
                                            batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+        self.heads = heads
         self.optim_group = "modality"
+        self._positions: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+
+    def positions(self, steps: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """`sinusoidal_positions`, computed once per length, device and dtype (a constant, not a parameter)."""
+        key = (steps, dim, device, dtype)
+        if key not in self._positions:
+            self._positions[key] = sinusoidal_positions(steps, dim, device=device).to(dtype)
+        return self._positions[key]
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x * mask.unsqueeze(-1).to(x.dtype)
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        h = h + sinusoidal_positions(h.shape[1], h.shape[2], device=h.device).to(h.dtype)
-        return self.transformer(h, src_key_padding_mask=~mask)
+        h = h + self.positions(h.shape[1], h.shape[2], h.device, h.dtype)
+        if not self.training or h.device.type != "cpu":  # on CUDA torch's path has fused attention kernels
+            return self.transformer(h, src_key_padding_mask=~mask)
+        bias, keep = key_padding_bias(mask, self.heads, h.dtype)
+        for layer in self.transformer.layers:
+            h = post_norm_layer(layer, h, bias, keep)
+        return h
 
 
 class FrameEncoder(nn.Module):

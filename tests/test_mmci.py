@@ -13,8 +13,17 @@ import torch
 from datamodules.datamodule import MSADataModule
 from datamodules.schema import Batch, FeatureSpec
 from datamodules.synthetic import generate
-from methods.mmci import MMCI, MMCIConfig, adaptive_node_pool, grad_reverse, kmeans, relation_list, relation_name
-from methods.seq_encoders import sinusoidal_positions
+from methods.mmci import (
+    MMCI,
+    MMCIConfig,
+    RelationBlock,
+    adaptive_node_pool,
+    grad_reverse,
+    kmeans,
+    relation_list,
+    relation_name,
+)
+from methods.seq_encoders import ConvTransformerEncoder, key_padding_bias, post_norm_layer, sinusoidal_positions
 from tests.conftest import tiny_synthetic
 
 
@@ -383,3 +392,55 @@ def test_synthetic_shortcut_in_one_modality_only():
     assert abs(_agreement(_text_shortcut(vision.train), vision.train.label) - 0.5) < 0.05
     with pytest.raises(ValueError, match="synthetic.shortcut_modalities"):
         generate(tiny_synthetic(shortcut_modalities=["smell"]))
+
+
+def test_training_encoder_layers_match_torchs_with_the_same_dropout_draws():
+    """`post_norm_layer` (training on the CPU) against torch's TransformerEncoder on the same input and seed: same
+    outputs and gradients up to float rounding, the random stream left where torch leaves it, and a sample without
+    any valid step handled as torch's _safe_softmax does (zero attention)."""
+    torch.manual_seed(0)
+    encoder = ConvTransformerEncoder(5, 16, layers=2, heads=4, ff=32, dropout=0.3).train()
+    x = torch.randn(6, 9, 16, requires_grad=True)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 4, 1, 0, 7, 9])[:, None]
+    runs = []
+    for use_torch in (True, False):
+        torch.manual_seed(123)
+        if use_torch:
+            out = encoder.transformer(x, src_key_padding_mask=~mask)
+        else:
+            bias, keep = key_padding_bias(mask, encoder.heads, x.dtype)
+            out = x
+            for layer in encoder.transformer.layers:
+                out = post_norm_layer(layer, out, bias, keep)
+        rng = torch.get_rng_state()
+        grads = torch.autograd.grad((out * torch.randn_like(out)).sum(), [x, *encoder.parameters()], allow_unused=True)
+        runs.append((out, rng, grads))
+    (ref, ref_rng, ref_grads), (new, new_rng, new_grads) = runs
+    assert torch.equal(ref_rng, new_rng), "the same number of random draws"
+    torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(new_grads, ref_grads):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    frames = torch.randn(6, 9, 5)
+    encoder.eval()
+    with torch.no_grad():
+        evaluated = encoder(frames, mask)
+    assert torch.isfinite(evaluated[mask]).all()
+
+
+def test_edge_attention_is_the_softmax_of_the_edge_mlp_on_concatenated_pairs():
+    """RelationBlock.attention (split Linear, sigmoid of the logit difference) against its definition:
+    softmax(edge_out(ReLU(edge([h_i ; h_j])))) on every pair, values and gradients."""
+    torch.manual_seed(0)
+    block = RelationBlock(8, readout=False)
+    target, source = torch.randn(3, 4, 8, requires_grad=True), torch.randn(3, 5, 8, requires_grad=True)
+    pairs = torch.cat([target[:, :, None].expand(3, 4, 5, 8), source[:, None].expand(3, 4, 5, 8)], dim=-1)
+    reference = torch.softmax(block.edge_out(torch.relu(block.edge(pairs))), dim=-1)
+    alpha = block.attention(target, source)
+    torch.testing.assert_close(alpha, reference)
+    weights = torch.randn_like(alpha)
+    inputs = [target, source, *block.parameters()]
+    for a, b in zip(torch.autograd.grad((alpha * weights).sum(), inputs, allow_unused=True),
+                    torch.autograd.grad((reference * weights).sum(), inputs, allow_unused=True)):
+        if b is not None:
+            torch.testing.assert_close(a, b)
