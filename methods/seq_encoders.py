@@ -10,9 +10,10 @@ sequence; padding follows it, as in the Batch contract).
   (`methods.backbone.TextFinetuneEncoder`, same loading and optimiser tag), last layer's token states
   -> Linear(hidden -> d);
 * audio / vision: padded frames zeroed, Conv1d(d_m -> d, k=3, same padding) -> sinusoidal positions ->
-  TransformerEncoder (post-norm, ReLU) with a key-padding mask from the lengths. Training on the CPU runs the
-  layers through `post_norm_layer` (the same function, the same dropout draws, less time: docs/gpu.md "Profile
-  notes"); eval mode and CUDA use torch's own TransformerEncoder (its fused kernels).
+  TransformerEncoder (post-norm, ReLU) with a key-padding mask from the lengths. On the CPU the layers run
+  written out, the same function in less time (docs/performance.md "MMCI step profile"): `post_norm_layer` in
+  training (the same dropout draws as torch's path), `post_norm_layer_eval` in eval mode (fused attention); on
+  CUDA torch's own TransformerEncoder runs (its fused kernels).
 
 Every module carries ``optim_group = "modality"`` (the fine-tuned text encoder inside keeps its own
 ``text_encoder`` group), which `methods.base` reads to build the optimiser's parameter groups.
@@ -101,12 +102,30 @@ def post_norm_layer(layer: nn.TransformerEncoderLayer, x: Tensor, bias: Tensor, 
     return layer.norm2(x + layer.dropout2(ff))
 
 
+def post_norm_layer_eval(layer: nn.TransformerEncoderLayer, x: Tensor, allowed: Tensor, keep: Tensor) -> Tensor:
+    """``layer(x, src_key_padding_mask=...)`` in eval mode (no dropout), written out around
+    ``F.scaled_dot_product_attention`` (a fused attention kernel on the CPU), which on these sizes is faster than
+    torch's own eval path (its ``_masked_softmax`` is not vectorised). ``allowed``: bool (B, 1, 1, L), True at the
+    keys a query may attend to; ``keep``: (B, 1, 1) as in `key_padding_bias`. The same function: outputs equal
+    torch's up to float rounding (tested)."""
+    attn = layer.self_attn
+    batch, steps, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(batch, steps, 3, heads, width // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2).reshape(batch, steps, width)
+    x = layer.norm1(x + F.linear(out * keep, attn.out_proj.weight, attn.out_proj.bias))
+    hidden = F.relu(layer.linear1(x), inplace=not torch.is_grad_enabled())
+    return layer.norm2(x + layer.linear2(hidden))
+
+
 class ConvTransformerEncoder(nn.Module):
     """Frames (B, L, d_in) -> Conv1d(k) -> + sinusoidal positions -> TransformerEncoder -> (B, L, d).
 
     Padded steps are zeroed before the convolution (so the valid edge frames see the same zero
     context as the convolution's own padding) and excluded as attention keys; their outputs are
-    meaningless and must be masked by the caller. Training runs the layers through `post_norm_layer`.
+    meaningless and must be masked by the caller. On the CPU the layers run through `post_norm_layer` (training)
+    or `post_norm_layer_eval` (eval mode).
     """
 
     def __init__(
@@ -137,8 +156,15 @@ class ConvTransformerEncoder(nn.Module):
         x = x * mask.unsqueeze(-1).to(x.dtype)
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)
         h = h + self.positions(h.shape[1], h.shape[2], h.device, h.dtype)
-        if not self.training or h.device.type != "cpu":  # on CUDA torch's path has fused attention kernels
+        if h.device.type != "cpu":  # on CUDA torch's path has fused attention kernels
             return self.transformer(h, src_key_padding_mask=~mask)
+        if not self.training:
+            has_steps = mask.any(1, keepdim=True)
+            allowed = (mask | ~has_steps)[:, None, None, :]
+            keep = has_steps.to(h.dtype)[:, :, None]
+            for layer in self.transformer.layers:
+                h = post_norm_layer_eval(layer, h, allowed, keep)
+            return h
         bias, keep = key_padding_bias(mask, self.heads, h.dtype)
         for layer in self.transformer.layers:
             h = post_norm_layer(layer, h, bias, keep)

@@ -428,6 +428,31 @@ def test_training_encoder_layers_match_torchs_with_the_same_dropout_draws():
     assert torch.isfinite(evaluated[mask]).all()
 
 
+def test_eval_encoder_layers_match_torchs_eval_path():
+    """In eval mode on the CPU the encoder runs `post_norm_layer_eval` (fused scaled-dot-product attention):
+    the valid steps' outputs equal torch's own eval path up to float rounding, a sample without any valid step
+    stays finite, and nothing is drawn from the random stream (no dropout)."""
+    torch.manual_seed(0)
+    encoder = ConvTransformerEncoder(5, 16, layers=2, heads=4, ff=32, dropout=0.3).eval()
+    frames = torch.randn(6, 9, 5)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 4, 1, 0, 7, 9])[:, None]
+    with torch.no_grad():
+        h = encoder.conv((frames * mask[..., None]).transpose(1, 2)).transpose(1, 2)
+        h = h + sinusoidal_positions(9, 16)
+        reference = encoder.transformer(h, src_key_padding_mask=~mask)
+        state = torch.get_rng_state()
+        out = encoder(frames, mask)
+        assert torch.equal(state, torch.get_rng_state())
+    torch.testing.assert_close(out[mask], reference[mask], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(out).all()
+    with torch.enable_grad():  # eval mode with gradients (e.g. a probe): the same values, and a gradient
+        frames.requires_grad_(True)
+        again = encoder(frames, mask)
+        again[mask].sum().backward()
+    torch.testing.assert_close(again.detach()[mask], out[mask])
+    assert frames.grad is not None and torch.isfinite(frames.grad).all()
+
+
 def test_edge_attention_is_the_softmax_of_the_edge_mlp_on_concatenated_pairs():
     """RelationBlock.attention (split Linear, sigmoid of the logit difference) against its definition:
     softmax(edge_out(ReLU(edge([h_i ; h_j])))) on every pair, values and gradients."""
