@@ -2,13 +2,15 @@
 
     python -m benchmarks.perf_training [--methods baseline,mmci] [--data synthetic,mosi_shaped]
                                       [--epochs 3] [--batches N] [--accelerator cpu|gpu] [--compare]
-                                      [--workdir /tmp/msabench_perf]
+                                      [--records] [--workdir /tmp/msabench_perf]
 
 For each method and data, one job as `msabench run` builds it (default batch size and threads,
 ``trainer.threads=1``), trained for ``--epochs`` epochs without early stopping; the first epoch is a
 warm-up and is not counted. Printed per method: training samples/s (training samples of a measured
 epoch / seconds of its training loop), seconds per epoch (training loop plus validation), and the share
-of the training loop spent fetching batches (Lightning's profiler, ``train_dataloader_next``).
+of the training loop spent fetching batches (Lightning's profiler, ``train_dataloader_next``). ``--records``
+also scores every test set after each epoch, as `msabench run` does by default (per-epoch records,
+``trainer.record_epochs``); seconds per epoch then include it.
 ``--batches N`` trains N batches per epoch (a quick check; 0 = all). ``--accelerator gpu`` runs every job
 with ``trainer.accelerator=gpu`` on the first visible CUDA device (CUDA_VISIBLE_DEVICES picks another);
 the clock then waits for the device at each epoch's start and end.
@@ -80,9 +82,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(overrides: list[str], epochs: int, workdir: Path, batches: int = 0) -> dict[str, float]:
-    """Train one job for ``epochs`` epochs (``batches`` per epoch, 0 = all); throughput over the epochs after
-    the first."""
+def measure(
+    overrides: list[str], epochs: int, workdir: Path, batches: int = 0, records: bool = False
+) -> dict[str, float]:
+    """Train one job for ``epochs`` epochs (``batches`` per epoch, 0 = all; ``records``: per-epoch test-set
+    records as `msabench run` makes them); throughput over the epochs after the first."""
     cfg = build_config([*overrides, "trainer.threads=1", "seed=1111"])
     check_device(cfg)
     torch.set_num_threads(cfg.trainer.threads)
@@ -90,6 +94,8 @@ def measure(overrides: list[str], epochs: int, workdir: Path, batches: int = 0) 
     dm = build_datamodule(cfg)
     method = get_method(cfg.method)(dm.spec, to_object(cfg.model))
     method.configure_selection(cfg.selection.key)
+    if records:
+        method.enable_epoch_records()
     epoch_times: list[float] = []
     samples: list[int] = []
 
@@ -102,10 +108,9 @@ def measure(overrides: list[str], epochs: int, workdir: Path, batches: int = 0) 
         def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, idx) -> None:
             samples[-1] += len(batch)
 
-        def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-            if not trainer.sanity_checking:
-                _sync(module.device)
-                epoch_times.append(time.perf_counter() - self.start)
+        def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:  # after validation
+            _sync(module.device)
+            epoch_times.append(time.perf_counter() - self.start)
 
     class SyncedProfiler(SimpleProfiler):
         """Lightning's profiler, waiting for the device when a training epoch's loop ends."""
@@ -152,6 +157,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (default 0 = all)")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="trainer.accelerator of every job")
     parser.add_argument("--compare", action="store_true", help="also run the earlier kernels and print speed-ups")
+    parser.add_argument("--records", action="store_true",
+                        help="score every test set after each epoch, as msabench run does (in the epoch figure)")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "msabench_perf"))
     args = parser.parse_args()
     if args.epochs < 2:
@@ -169,7 +176,8 @@ def main() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # no "GPU available" lines between rows
         logging.getLogger(name).setLevel(logging.WARNING)
     print(
-        f"training throughput, 1 torch thread, default batch size; {describe_device(args.accelerator)}, "
+        f"training throughput, 1 torch thread, default batch size{', per-epoch records' if args.records else ''}; "
+        f"{describe_device(args.accelerator)}, "
         f"torch {torch.__version__}", flush=True,
     )
     device = [f"trainer.accelerator={args.accelerator}"]
@@ -181,14 +189,14 @@ def main() -> None:
         base = [*data_overrides(data, workdir), *device]
         for name in methods:
             try:
-                now = measure([f"method={name}", *base], args.epochs, workdir, args.batches)
+                now = measure([f"method={name}", *base], args.epochs, workdir, args.batches, args.records)
             except (ValueError, FileNotFoundError) as exc:
                 print(f"{data:<12} {name:<16} skipped: {exc}")
                 continue
             line = (f"{data:<12} {name:<16} {now['samples_s']:>10.0f} {now['epoch_s']:>8.2f} "
                     f"{100 * now['fetch_share']:>7.1f}%")
             if args.compare:
-                before = measure([f"method={name}", *base, *LEGACY], args.epochs, workdir, args.batches)
+                before = measure([f"method={name}", *base, *LEGACY], args.epochs, workdir, args.batches, args.records)
                 line += f" {before['samples_s']:>18.0f} {now['samples_s'] / before['samples_s']:>8.2f}x"
             print(line, flush=True)
 

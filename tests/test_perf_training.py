@@ -27,6 +27,25 @@ def test_prints_throughput_epoch_seconds_and_fetch_share(tmp_path, monkeypatch, 
     assert len(out) == 3, "Lightning's banner lines stay out of the table"
 
 
+def test_records_option_scores_the_test_sets_every_epoch(tmp_path, monkeypatch, capsys):
+    from methods.base import MSAMethod
+
+    epochs: list[int] = []
+    original = MSAMethod._record_epoch
+
+    def counted(self, *args):
+        epochs.append(self.current_epoch)
+        return original(self, *args)
+
+    monkeypatch.setattr(MSAMethod, "_record_epoch", counted)
+    _main(monkeypatch, "--methods", "baseline", "--data", "synthetic", "--epochs", "2", "--batches", "2", "--records",
+          "--workdir", str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("training throughput, 1 torch thread, default batch size, per-epoch records;")
+    assert epochs == [0, 1]
+    assert len(out) == 3 and float(out[2].split()[3]) > 0
+
+
 def test_gpu_option_needs_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as stop:
