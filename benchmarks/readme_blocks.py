@@ -256,11 +256,11 @@ def render_ablations(folder: Path = ABLATIONS) -> str:
             state = "no matched baseline"
             if method in matched.index:
                 m = matched.loc[method]
-                state = f"{compare_verdict('matched', float(m['diff']), bool(m['resolved']))} `{m['reference']}`"
+                word = compare_verdict("matched", float(m["diff"]), True) if m["resolved"] else "not resolved against"
+                state = f"{word} `{m['reference']}`"
             resolved = [f"`{r.reference}` scores {'lower' if r.diff > 0 else 'higher'}" for r in own.itertuples()
                         if r.resolved]
             silent = [f"`{r.reference}`" for r in own.itertuples() if not r.resolved]
-            state = state.replace("**not resolved**", "not resolved against")
             lines.append(
                 f"* `{method}`: {state}; {'; '.join(resolved) or 'no variant differs from it'}; "
                 f"not resolved: {', '.join(silent) or 'none'}."

@@ -64,17 +64,24 @@ def step_mask(x: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
 
 
-def key_padding_bias(mask: Tensor, heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Built once per batch and shared by every layer: the additive attention bias (B * heads, 1, L), -inf at padded
-    keys, and the per-(sample, head) factor (B * heads, 1, 1) that is 0 for a sample without any valid step.
+def attention_keys(mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The keys each query may attend to, bool (B, L), and a per-sample factor (B, 1) for the attention output.
 
-    Such a sample's keys are left unmasked (a softmax over only -inf would be NaN) and its attention output is
-    multiplied by 0, which is what torch's ``_safe_softmax`` gives it (attention weights of 0)."""
+    A sample without any valid step has all its keys allowed (a softmax over none would be NaN) and a factor of 0,
+    which is what torch's ``_safe_softmax`` gives it (attention weights of 0); every other sample has its valid
+    steps allowed and a factor of 1."""
     has_steps = mask.any(1, keepdim=True)
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask & has_steps, float("-inf"))
+    return mask | ~has_steps, has_steps.to(dtype)
+
+
+def key_padding_bias(mask: Tensor, heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Built once per batch and shared by every layer: the additive attention bias (B * heads, 1, L), -inf at the
+    keys `attention_keys` does not allow, and its factor per (sample, head), (B * heads, 1, 1)."""
+    allowed, keep = attention_keys(mask, dtype)
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, float("-inf"))
     batch, steps = mask.shape
     bias = bias[:, None, None, :].expand(batch, heads, 1, steps).reshape(batch * heads, 1, steps)
-    keep = has_steps.to(dtype)[:, None, :].expand(batch, heads, 1).reshape(batch * heads, 1, 1)
+    keep = keep[:, None, :].expand(batch, heads, 1).reshape(batch * heads, 1, 1)
     return bias, keep
 
 
@@ -106,7 +113,7 @@ def post_norm_layer_eval(layer: nn.TransformerEncoderLayer, x: Tensor, allowed: 
     """``layer(x, src_key_padding_mask=...)`` in eval mode (no dropout), written out around
     ``F.scaled_dot_product_attention`` (a fused attention kernel on the CPU), which on these sizes is faster than
     torch's own eval path (its ``_masked_softmax`` is not vectorised). ``allowed``: bool (B, 1, 1, L), True at the
-    keys a query may attend to; ``keep``: (B, 1, 1) as in `key_padding_bias`. The same function: outputs equal
+    keys a query may attend to; ``keep``: (B, 1, 1); both from `attention_keys`. The same function: outputs equal
     torch's up to float rounding (tested)."""
     attn = layer.self_attn
     batch, steps, width = x.shape
@@ -141,9 +148,13 @@ class ConvTransformerEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(d_model=d, nhead=heads, dim_feedforward=ff, dropout=dropout,
                                            batch_first=True)
         self.transformer = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
-        self.heads = heads
         self.optim_group = "modality"
         self._positions: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+
+    @property
+    def heads(self) -> int:
+        """Attention heads of the layers."""
+        return self.transformer.layers[0].self_attn.num_heads
 
     def positions(self, steps: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """`sinusoidal_positions`, computed once per length, device and dtype (a constant, not a parameter)."""
@@ -159,11 +170,9 @@ class ConvTransformerEncoder(nn.Module):
         if h.device.type != "cpu":  # on CUDA torch's path has fused attention kernels
             return self.transformer(h, src_key_padding_mask=~mask)
         if not self.training:
-            has_steps = mask.any(1, keepdim=True)
-            allowed = (mask | ~has_steps)[:, None, None, :]
-            keep = has_steps.to(h.dtype)[:, :, None]
+            allowed, keep = attention_keys(mask, h.dtype)
             for layer in self.transformer.layers:
-                h = post_norm_layer_eval(layer, h, allowed, keep)
+                h = post_norm_layer_eval(layer, h, allowed[:, None, None, :], keep[:, :, None])
             return h
         bias, keep = key_padding_bias(mask, self.heads, h.dtype)
         for layer in self.transformer.layers:
